@@ -8,6 +8,8 @@
 //! - [`eventually`] and [`http_client`]: waiting on conditions instead of sleeping.
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
+pub mod lifecycle;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,116 @@
+//! Process-level checks every service binary must pass: it starts, answers `/healthz`, is
+//! ready only while NATS answers, exits 0 on SIGTERM, and refuses invalid configuration.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{NatsServer, ServiceProcess, eventually, http_client, http_status};
+
+fn base_env(prefix: &str, nats_url: String) -> Vec<(String, String)> {
+    vec![
+        (format!("{prefix}HTTP__LISTEN"), "127.0.0.1:0".to_owned()),
+        (format!("{prefix}NATS__URL"), nats_url),
+        (format!("{prefix}SHUTDOWN__GRACE_SECS"), "5".to_owned()),
+        (format!("{prefix}LOG__FORMAT"), "json".to_owned()),
+    ]
+}
+
+fn spawn(bin: &str, env: &[(String, String)]) -> ServiceProcess {
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    ServiceProcess::spawn(bin, &[], &env)
+}
+
+/// Starts the service against a private NATS, waits for it to be ready, takes NATS away and
+/// back (not ready, then ready again), then sends SIGTERM and expects exit code 0.
+pub async fn serves_and_drains(bin: &str, prefix: &str) {
+    let mut nats = NatsServer::start();
+    let mut service = spawn(bin, &base_env(prefix, nats.url()));
+    let client = http_client();
+
+    assert_eq!(
+        http_status(&client, &service.url("/healthz")).await,
+        Some(200)
+    );
+    let ready = service.url("/readyz");
+    eventually("ready with nats up", || async {
+        (http_status(&client, &ready).await == Some(200)).then_some(())
+    })
+    .await;
+    let metrics = client
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nats_connection_events_total"),
+        "metrics: {metrics}"
+    );
+
+    nats.stop();
+    eventually("not ready with nats down", || async {
+        (http_status(&client, &ready).await == Some(503)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        http_status(&client, &service.url("/healthz")).await,
+        Some(200)
+    );
+
+    nats.restart();
+    eventually("ready again after nats restart", || async {
+        (http_status(&client, &ready).await == Some(200)).then_some(())
+    })
+    .await;
+
+    service.signal("TERM");
+    let status = service
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit after SIGTERM; logs:\n{}", service.logs()));
+    assert_eq!(status.code(), Some(0), "logs:\n{}", service.logs());
+}
+
+/// Points the service at a port where nothing listens: alive, not ready, and the readiness
+/// body names NATS.
+pub async fn not_ready_without_nats(bin: &str, prefix: &str) {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut service = spawn(bin, &base_env(prefix, format!("nats://127.0.0.1:{closed}")));
+    let client = http_client();
+    assert_eq!(
+        http_status(&client, &service.url("/healthz")).await,
+        Some(200)
+    );
+    let resp = client.get(service.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["checks"]["nats"], "not connected", "{body}");
+
+    service.signal("INT");
+    let status = service
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on Ctrl-C");
+    assert_eq!(status.code(), Some(0), "logs:\n{}", service.logs());
+}
+
+/// An invalid value exits with code 64 and one stderr line naming the key, before binding.
+pub fn rejects_invalid_config(bin: &str, prefix: &str) {
+    let out = Command::new(bin)
+        .env(format!("{prefix}NATS__URL"), "nats://127.0.0.1:4222")
+        .env(format!("{prefix}HTTP__LISTEN"), "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("http.listen"), "{stderr}");
+
+    let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}

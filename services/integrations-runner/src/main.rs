@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    service_runtime::main(integrations_runner::SPEC, integrations_runner::run)
+}
