@@ -37,10 +37,10 @@ pub fn plural(domain: &str) -> Cow<'_, str> {
     if let Some((_, p)) = PLURALS.iter().find(|(d, _)| *d == domain) {
         return Cow::Borrowed(p);
     }
-    if let Some(stem) = domain.strip_suffix('y') {
-        if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) {
-            return Cow::Owned(format!("{stem}ies"));
-        }
+    if let Some(stem) = domain.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        return Cow::Owned(format!("{stem}ies"));
     }
     if domain.ends_with(['s', 'x']) {
         return Cow::Owned(format!("{domain}es"));
@@ -254,7 +254,8 @@ struct WsEventMessage<'a> {
     timestamp: String,
 }
 
-/// `data` with `changed_fields` merged in, without cloning either.
+/// `data` with `changed_fields` merged in, without cloning either. `/ws` clients expect an
+/// object: a null `data` becomes `{}` and any other non-object is carried as `{"value": ...}`.
 struct WsData<'a> {
     data: &'a Value,
     changed_fields: Option<&'a Map<String, Value>>,
@@ -262,22 +263,28 @@ struct WsData<'a> {
 
 impl Serialize for WsData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match (self.data, self.changed_fields) {
-            (Value::Object(fields), Some(changed)) => {
-                let mut map = serializer.serialize_map(Some(fields.len() + 1))?;
-                for (k, v) in fields.iter().filter(|(k, _)| *k != "changed_fields") {
-                    map.serialize_entry(k, v)?;
+        let extra = usize::from(self.changed_fields.is_some());
+        let mut map = match self.data {
+            Value::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len() + extra))?;
+                for (k, v) in fields {
+                    if !(extra == 1 && k == "changed_fields") {
+                        map.serialize_entry(k, v)?;
+                    }
                 }
-                map.serialize_entry("changed_fields", changed)?;
-                map.end()
+                map
             }
-            (Value::Null, Some(changed)) => {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("changed_fields", changed)?;
-                map.end()
+            Value::Null => serializer.serialize_map(Some(extra))?,
+            other => {
+                let mut map = serializer.serialize_map(Some(1 + extra))?;
+                map.serialize_entry("value", other)?;
+                map
             }
-            (data, _) => data.serialize(serializer),
+        };
+        if let Some(changed) = self.changed_fields {
+            map.serialize_entry("changed_fields", changed)?;
         }
+        map.end()
     }
 }
 
@@ -501,6 +508,27 @@ mod tests {
             json!({"event": "transaction:created", "data": data,
                    "timestamp": "2026-01-25T10:30:00.000Z"})
         );
+    }
+
+    #[test]
+    fn ws_data_is_always_an_object() {
+        let changed = fields(json!({"stock": 0}));
+        for (data, want) in [
+            (Value::Null, json!({"changed_fields": {"stock": 0}})),
+            (
+                json!([1, 2]),
+                json!({"value": [1, 2], "changed_fields": {"stock": 0}}),
+            ),
+            (
+                json!({"changed_fields": "stale", "id": 1}),
+                json!({"id": 1, "changed_fields": {"stock": 0}}),
+            ),
+        ] {
+            let e = event("product.updated", "1", data).with_changed_fields(changed.clone());
+            let msg: Value =
+                serde_json::from_str(&ws_message(&e, ws_route(&e.event_type).unwrap())).unwrap();
+            assert_eq!(msg["data"], want);
+        }
     }
 
     #[test]

@@ -123,10 +123,10 @@ fn spawn_nats(dir: &Path, port: Option<u16>) -> (Child, u16) {
             .spawn()
             .unwrap();
         while Instant::now() < deadline {
-            if let Some(found) = read_ports_file(&ports_dir) {
-                if std::net::TcpStream::connect(("127.0.0.1", found)).is_ok() {
-                    return (child, found);
-                }
+            if let Some(found) = read_ports_file(&ports_dir)
+                && std::net::TcpStream::connect(("127.0.0.1", found)).is_ok()
+            {
+                return (child, found);
             }
             if let Ok(Some(_)) = child.try_wait() {
                 break; // exited: e.g. the old process still held the port; try again
@@ -181,10 +181,10 @@ impl ServiceProcess {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("http server listening") {
-                        if let Some(addr) = extract_addr(&line) {
-                            let _ = tx.send(addr);
-                        }
+                    if line.contains("http server listening")
+                        && let Some(addr) = extract_addr(&line)
+                    {
+                        let _ = tx.send(addr);
                     }
                     logs.lock().unwrap().push(line);
                 }
@@ -310,4 +310,83 @@ mod tests {
         assert!(!is_modern("nats-server: v2.9.10"));
         assert!(!is_modern("garbage"));
     }
+}
+
+/// Where tests reach PostgreSQL as an administrator: `$DATABASE_URL`, else the local server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates `test_<random>` on the admin server.
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let name = format!("test_{:016x}", rand_u64());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("postgres at {admin}: {e} (is it running? see scripts/ensure-services.sh)")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Connection URL of the database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Dropped from sync code: use the psql-free path of a short-lived runtime thread.
+        let admin = postgres_admin_url();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
