@@ -80,6 +80,9 @@ pub enum ServiceError {
     /// Serving HTTP failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    /// A setting that only the service itself can check is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The whole life of a service process: arguments, configuration, telemetry, listener, signal

@@ -7,13 +7,19 @@ use std::time::Duration;
 
 use crate::{NatsServer, ServiceProcess, eventually, http_client, http_status};
 
-fn base_env(prefix: &str, nats_url: String) -> Vec<(String, String)> {
-    vec![
+fn base_env(prefix: &str, nats_url: String, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
         (format!("{prefix}HTTP__LISTEN"), "127.0.0.1:0".to_owned()),
         (format!("{prefix}NATS__URL"), nats_url),
         (format!("{prefix}SHUTDOWN__GRACE_SECS"), "5".to_owned()),
         (format!("{prefix}LOG__FORMAT"), "json".to_owned()),
-    ]
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), (*v).to_owned())),
+    );
+    env
 }
 
 fn spawn(bin: &str, env: &[(String, String)]) -> ServiceProcess {
@@ -23,9 +29,10 @@ fn spawn(bin: &str, env: &[(String, String)]) -> ServiceProcess {
 
 /// Starts the service against a private NATS, waits for it to be ready, takes NATS away and
 /// back (not ready, then ready again), then sends SIGTERM and expects exit code 0.
-pub async fn serves_and_drains(bin: &str, prefix: &str) {
+/// `extra` holds the service's own required settings, without the prefix.
+pub async fn serves_and_drains(bin: &str, prefix: &str, extra: &[(&str, &str)]) {
     let mut nats = NatsServer::start();
-    let mut service = spawn(bin, &base_env(prefix, nats.url()));
+    let mut service = spawn(bin, &base_env(prefix, nats.url(), extra));
     let client = http_client();
 
     assert_eq!(
@@ -75,12 +82,15 @@ pub async fn serves_and_drains(bin: &str, prefix: &str) {
 
 /// Points the service at a port where nothing listens: alive, not ready, and the readiness
 /// body names NATS.
-pub async fn not_ready_without_nats(bin: &str, prefix: &str) {
+pub async fn not_ready_without_nats(bin: &str, prefix: &str, extra: &[(&str, &str)]) {
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut service = spawn(bin, &base_env(prefix, format!("nats://127.0.0.1:{closed}")));
+    let mut service = spawn(
+        bin,
+        &base_env(prefix, format!("nats://127.0.0.1:{closed}"), extra),
+    );
     let client = http_client();
     assert_eq!(
         http_status(&client, &service.url("/healthz")).await,

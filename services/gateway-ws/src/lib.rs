@@ -1,16 +1,47 @@
 //! Plain WebSocket gateway (seed 001): `GET /ws` authenticated by the host application's
-//! session cookie, channel subscriptions, `{event, data, timestamp}` messages from the domain
-//! events on `events.<domain>.*`.
+//! express-session cookie, channel subscriptions, and `{event, data, timestamp}` messages made
+//! from the domain events on `events.<domain>.*` through `events::surface`.
 //!
-//! Today the service stands on the shared runtime: it loads its configuration, connects NATS,
-//! provisions the `EVENTS` stream, and serves `/healthz`, `/readyz` and `/metrics`.
+//! - Authentication happens before the upgrade; a refused client still gets a WebSocket whose
+//!   first and only frame is a close with code 1008 and a reason, because browsers hide HTTP
+//!   status codes from `WebSocket` users.
+//! - Fan-out serialises each event once ([`hub`]); a slow client is closed with 1013.
+//! - A destroyed or expired session closes its connections with 1008 within
+//!   `session.revalidate_secs` ([`sessions`]).
+//! - Each instance relays every event to its own clients, so instances scale out behind any
+//!   load balancer without sticky sessions.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod connection;
+pub mod cookie;
+pub mod hub;
+pub mod limits;
+pub mod protocol;
+pub mod session_store;
+pub mod sessions;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
-use serde::{Deserialize, Serialize};
-use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings, Validate};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+pub use config::Config;
+use config::StoreKind;
+use connection::{ConnectionSettings, close, close_with};
+use hub::Hub;
+use limits::{Breach, ConnectionLimiter};
+use service_runtime::{ServiceContext, ServiceError, ServiceSpec, Settings};
+use session_store::SessionStore;
+use sessions::SessionRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Name, environment prefix and defaults of this service.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -20,24 +51,246 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     database_required: false,
 };
 
-/// This service's own configuration sections (beside the common `http`, `nats`, `database`,
-/// `shutdown` and `log`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {}
+/// Bytes tungstenite reserves for reading a client frame; client messages are small JSON, and
+/// an idle connection should cost little.
+const READ_BUFFER: usize = 1024;
 
-impl Validate for Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<Hub>,
+    limiter: Arc<ConnectionLimiter>,
+    registry: Arc<SessionRegistry>,
+    store: SessionStore,
+    config: Arc<Config>,
+    settings: ConnectionSettings,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
 }
 
-/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
+/// Runs the gateway until `shutdown`, then closes every connection with 1001 within the
+/// grace period.
 pub async fn run(
     settings: Settings<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let ctx = ServiceContext::start(SPEC.name, &settings.common, None, shutdown).await?;
-    ctx.serve(listener, Router::new()).await
+    let Settings { common, service } = settings;
+    if service.session.store == StoreKind::Postgres && common.database.url.is_empty() {
+        return Err(ServiceError::Config(service_runtime::ConfigError::new(
+            "database.url",
+            "is required for session.store = postgres (the host application's database)",
+        )));
+    }
+    let mut ctx = ServiceContext::start(SPEC.name, &common, None, shutdown.clone()).await?;
+    let store = match service.session.store {
+        StoreKind::Postgres => {
+            let pool = ctx.db.clone().ok_or_else(|| {
+                ServiceError::Config(service_runtime::ConfigError::new(
+                    "database.url",
+                    "is required",
+                ))
+            })?;
+            SessionStore::postgres(pool, &service.session.table)
+        }
+        StoreKind::Redis => {
+            let conn =
+                session_store::RedisConnection::new(&service.session.redis_url).map_err(|e| {
+                    ServiceError::Config(service_runtime::ConfigError::new(
+                        "session.redis_url",
+                        e.to_string(),
+                    ))
+                })?;
+            let store = SessionStore::Redis {
+                conn: Arc::new(conn),
+                prefix: service.session.redis_prefix.clone(),
+            };
+            let check = store.clone();
+            ctx.readiness.add("redis", move || {
+                let store = check.clone();
+                async move { store.ping().await.map_err(|_| "not answering".to_owned()) }
+            });
+            store
+        }
+    };
+
+    let hub = Arc::new(Hub::new(service.limits.outbound_queue));
+    let registry = Arc::new(SessionRegistry::default());
+    let relay = tokio::spawn(hub::relay(
+        ctx.nats.clone(),
+        Arc::clone(&hub),
+        shutdown.clone(),
+    ));
+    tokio::spawn(sessions::revalidate(
+        Arc::clone(&registry),
+        store.clone(),
+        Duration::from_secs(service.session.revalidate_secs),
+        shutdown.clone(),
+    ));
+
+    let grace = common.grace();
+    let tracker = TaskTracker::new();
+    let state = AppState {
+        hub,
+        limiter: ConnectionLimiter::new(
+            service.limits.max_connections,
+            service.limits.max_connections_per_ip,
+        ),
+        registry,
+        store,
+        settings: ConnectionSettings {
+            limits: Arc::new(service.limits.clone()),
+            heartbeat: Arc::new(service.heartbeat.clone()),
+        },
+        config: Arc::new(service),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    ctx.serve(listener, router(state)).await?;
+    // The HTTP server has stopped accepting; open WebSockets were told 1001 by the shutdown
+    // token. Wait for them to finish their close handshakes, within the grace period.
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period elapsed with websocket connections still open");
+    }
+    relay.abort();
+    Ok(())
+}
+
+fn router(state: AppState) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(state)
+}
+
+/// Why a handshake is refused, and how the client is told.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    NoCookie,
+    BadCookie,
+    NoSession,
+    NoUser,
+    StoreDown,
+    Full,
+    TooManyFromIp,
+}
+
+impl Refusal {
+    fn close(self) -> (u16, &'static str) {
+        match self {
+            Self::NoCookie => (close::POLICY, "authentication required: no session cookie"),
+            Self::BadCookie => (close::POLICY, "invalid session cookie"),
+            Self::NoSession => (close::POLICY, "session not found or expired"),
+            Self::NoUser => (close::POLICY, "session has no user"),
+            Self::StoreDown => (
+                close::TRY_AGAIN_LATER,
+                "session store unavailable, try again later",
+            ),
+            Self::Full => (
+                close::TRY_AGAIN_LATER,
+                "server at capacity, try again later",
+            ),
+            Self::TooManyFromIp => (close::POLICY, "too many connections from this address"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::NoCookie => "no_cookie",
+            Self::BadCookie => "bad_cookie",
+            Self::NoSession => "no_session",
+            Self::NoUser => "no_user",
+            Self::StoreDown => "store_unavailable",
+            Self::Full => "capacity",
+            Self::TooManyFromIp => "per_ip_limit",
+        }
+    }
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limits = &state.config.limits;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes);
+    let ip = client_ip(&headers, peer, limits.trust_forwarded_for);
+    let guard = match state.limiter.try_acquire(ip) {
+        Ok(g) => g,
+        Err(breach) => {
+            let refusal = match breach {
+                Breach::Total => Refusal::Full,
+                Breach::PerIp => Refusal::TooManyFromIp,
+            };
+            return refuse(ws, refusal);
+        }
+    };
+    let (sid, user_id) = match authenticate(&state, &headers).await {
+        Ok(found) => found,
+        Err(refusal) => return refuse(ws, refusal),
+    };
+    let tracker = state.tracker.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let registration = state.registry.register(sid);
+            connection::serve(
+                socket,
+                user_id,
+                state.hub,
+                state.settings,
+                registration.revoked.clone(),
+                state.shutdown,
+            )
+            .await;
+            drop(registration);
+            drop(guard);
+        })
+    })
+}
+
+fn refuse(ws: WebSocketUpgrade, refusal: Refusal) -> Response {
+    metrics::counter!("ws_auth_failures_total", "reason" => refusal.label()).increment(1);
+    tracing::debug!(reason = refusal.label(), "websocket refused");
+    let (code, reason) = refusal.close();
+    ws.on_upgrade(move |socket| close_with(socket, code, reason))
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, serde_json::Value), Refusal> {
+    let session = &state.config.session;
+    let value = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| cookie::find_cookie(h, &session.cookie_name))
+        .ok_or(Refusal::NoCookie)?;
+    let sid = cookie::unsign(&value, &session.secrets).map_err(|_| Refusal::BadCookie)?;
+    let sess = state
+        .store
+        .load(&sid)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "session lookup failed");
+            Refusal::StoreDown
+        })?
+        .ok_or(Refusal::NoSession)?;
+    let user = session_store::user_id(&sess, &session.user_id_paths).ok_or(Refusal::NoUser)?;
+    Ok((sid, user))
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> IpAddr {
+    if trust_forwarded_for
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.ip()
 }

@@ -1,15 +1,21 @@
 //! The `gateway-ws` binary as a process: health, readiness, config errors, SIGTERM.
 
+/// A Redis session store keeps the process test independent of a host database.
+const EXTRA: &[(&str, &str)] = &[
+    ("SESSION__SECRETS", "[s3cret]"),
+    ("SESSION__STORE", "redis"),
+];
+
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-ws");
 
 #[tokio::test]
 async fn starts_reports_readiness_and_stops_on_sigterm() {
-    test_support::lifecycle::serves_and_drains(BIN, "GATEWAY_WS_").await;
+    test_support::lifecycle::serves_and_drains(BIN, "GATEWAY_WS_", EXTRA).await;
 }
 
 #[tokio::test]
 async fn is_alive_but_not_ready_without_nats() {
-    test_support::lifecycle::not_ready_without_nats(BIN, "GATEWAY_WS_").await;
+    test_support::lifecycle::not_ready_without_nats(BIN, "GATEWAY_WS_", EXTRA).await;
 }
 
 #[test]

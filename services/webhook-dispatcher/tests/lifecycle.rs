@@ -4,12 +4,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_webhook-dispatcher");
 
 #[tokio::test]
 async fn starts_reports_readiness_and_stops_on_sigterm() {
-    test_support::lifecycle::serves_and_drains(BIN, "WEBHOOK_DISPATCHER_").await;
+    test_support::lifecycle::serves_and_drains(BIN, "WEBHOOK_DISPATCHER_", &[]).await;
 }
 
 #[tokio::test]
 async fn is_alive_but_not_ready_without_nats() {
-    test_support::lifecycle::not_ready_without_nats(BIN, "WEBHOOK_DISPATCHER_").await;
+    test_support::lifecycle::not_ready_without_nats(BIN, "WEBHOOK_DISPATCHER_", &[]).await;
 }
 
 #[test]
