@@ -181,6 +181,8 @@ impl ServiceContext {
         migrator: Option<&'static Migrator>,
         shutdown: CancellationToken,
     ) -> Result<Self, ServiceError> {
+        // Install the recorder before anything counts, or early counts are lost.
+        let _ = ops::metrics_handle();
         let nats = nats::connect(&common.nats, name).await?;
         let jetstream = jetstream::new(nats.clone());
         let mut readiness = Readiness::default();

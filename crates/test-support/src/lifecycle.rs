@@ -44,18 +44,20 @@ pub async fn serves_and_drains(bin: &str, prefix: &str, extra: &[(&str, &str)]) 
         (http_status(&client, &ready).await == Some(200)).then_some(())
     })
     .await;
-    let metrics = client
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("nats_connection_events_total"),
-        "metrics: {metrics}"
-    );
+    let metrics_url = service.url("/metrics");
+    eventually("the nats connection counted in /metrics", || async {
+        let text = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("nats_connection_events_total{event=\"connected\"}")
+            .then_some(())
+    })
+    .await;
 
     nats.stop();
     eventually("not ready with nats down", || async {

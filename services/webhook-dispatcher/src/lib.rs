@@ -1,14 +1,31 @@
-//! Webhook dispatcher (seed 000 "Webhook Events"): subscriptions API, a durable JetStream
-//! consumer on `events.>`, signed deliveries with retries, every attempt recorded in PostgreSQL.
+//! Webhook dispatcher (seed 000 "Webhook Events"): a subscriptions API, a durable JetStream
+//! consumer on `events.>` feeding a PostgreSQL outbox, and workers that sign, send, retry and
+//! record every attempt.
 //!
-//! Today the service stands on the shared runtime: it loads its configuration, connects NATS,
-//! provisions the `EVENTS` stream, and serves `/healthz`, `/readyz` and `/metrics`.
+//! - [`intake`]: events become deliveries in one transaction before they are acknowledged.
+//! - [`worker`]: replicas claim due deliveries with `FOR UPDATE SKIP LOCKED` and a lease.
+//! - [`signing`]: Standard Webhooks headers and the seed's `X-Webhook-Signature`.
+//! - [`ssrf`]: non-public destinations are refused unless allow-listed.
+//! - [`api`]: REST API, described by `GET /openapi.json`.
 #![warn(missing_docs)]
 
-use axum::Router;
-use serde::{Deserialize, Serialize};
-use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings, Validate};
+pub mod api;
+pub mod config;
+pub mod intake;
+pub mod pattern;
+pub mod signing;
+pub mod ssrf;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Name, environment prefix and defaults of this service.
@@ -16,27 +33,118 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "webhook-dispatcher",
     env_prefix: "WEBHOOK_DISPATCHER_",
     default_port: 8082,
-    database_required: false,
+    database_required: true,
 };
 
-/// This service's own configuration sections (beside the common `http`, `nats`, `database`,
-/// `shutdown` and `log`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {}
+/// The dispatcher's schema.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-impl Validate for Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-}
-
-/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
+/// Runs the API, intake, workers and pruning until `shutdown`; then stops consuming, lets
+/// in-flight attempts finish and be recorded, and returns.
 pub async fn run(
     settings: Settings<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let ctx = ServiceContext::start(SPEC.name, &settings.common, None, shutdown).await?;
-    ctx.serve(listener, Router::new()).await
+    let Settings { common, service } = settings;
+    let mut ctx =
+        ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
+    let pool = ctx
+        .db
+        .clone()
+        .ok_or_else(|| ConfigError::new("database.url", "is required"))?;
+    let store = store::Store::new(pool);
+    let policy = Arc::new(ssrf::AddressPolicy::new(
+        service.delivery.allowed_networks()?,
+    ));
+    let http = worker::http_client(&service.delivery, Arc::clone(&policy))
+        .map_err(|e| ConfigError::new("delivery", format!("http client: {e}")))?;
+    let patterns = Arc::new(intake::PatternCache::default());
+    let work_ready = Arc::new(Notify::new());
+
+    let consuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&consuming);
+    ctx.readiness.add("intake", move || {
+        let up = flag.load(std::sync::atomic::Ordering::Acquire);
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("consumer not created yet".to_owned())
+            }
+        }
+    });
+    let intake = tokio::spawn(intake::run(
+        ctx.jetstream.clone(),
+        store.clone(),
+        Arc::clone(&patterns),
+        service.intake.consumer.clone(),
+        service.intake.batch,
+        Arc::clone(&work_ready),
+        consuming,
+        shutdown.clone(),
+    ));
+    let dispatcher = Arc::new(worker::Dispatcher::new(
+        store.clone(),
+        http,
+        service.delivery.clone(),
+        Arc::clone(&policy),
+    ));
+    let workers = tokio::spawn(dispatcher.run(Arc::clone(&work_ready), shutdown.clone()));
+    tokio::spawn(maintenance(
+        store.clone(),
+        service.retention.clone(),
+        shutdown.clone(),
+    ));
+
+    let state = api::ApiState {
+        store,
+        delivery: Arc::new(service.delivery),
+        policy,
+        patterns,
+        work_ready,
+    };
+    let grace = common.grace();
+    ctx.serve(
+        listener,
+        api::router(state, api::auth::Authenticator::new(&service.api)),
+    )
+    .await?;
+    if tokio::time::timeout(grace, async {
+        let _ = intake.await;
+        let _ = workers.await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("grace period elapsed with attempts in flight; their leases will expire");
+    }
+    Ok(())
+}
+
+/// Prunes old records and publishes queue gauges.
+async fn maintenance(
+    store: store::Store,
+    retention: config::RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let mut stats = tokio::time::interval(Duration::from_secs(5));
+    let mut prune = tokio::time::interval(Duration::from_secs(retention.interval_secs));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = stats.tick() => {
+                if let Ok((pending, lag, disabled)) = store.stats().await {
+                    metrics::gauge!("webhook_queue_depth").set(pending as f64);
+                    metrics::gauge!("webhook_queue_lag_seconds").set(lag);
+                    metrics::gauge!("webhook_subscriptions_disabled").set(disabled as f64);
+                }
+            }
+            _ = prune.tick() => match store.prune(retention.days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deliveries = n, "pruned old deliveries"),
+                Err(err) => tracing::warn!(error = %err, "pruning failed"),
+            },
+        }
+    }
 }

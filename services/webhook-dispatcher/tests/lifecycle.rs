@@ -1,18 +1,31 @@
 //! The `webhook-dispatcher` binary as a process: health, readiness, config errors, SIGTERM.
 
+use test_support::TestDatabase;
+
 const BIN: &str = env!("CARGO_BIN_EXE_webhook-dispatcher");
+const PREFIX: &str = "WEBHOOK_DISPATCHER_";
 
 #[tokio::test]
 async fn starts_reports_readiness_and_stops_on_sigterm() {
-    test_support::lifecycle::serves_and_drains(BIN, "WEBHOOK_DISPATCHER_", &[]).await;
+    let db = TestDatabase::create().await;
+    let extra = [
+        ("DATABASE__URL", db.url()),
+        ("API__KEYS", "[lifecycle-key-0123456789]"),
+    ];
+    test_support::lifecycle::serves_and_drains(BIN, PREFIX, &extra).await;
 }
 
 #[tokio::test]
 async fn is_alive_but_not_ready_without_nats() {
-    test_support::lifecycle::not_ready_without_nats(BIN, "WEBHOOK_DISPATCHER_", &[]).await;
+    let db = TestDatabase::create().await;
+    let extra = [
+        ("DATABASE__URL", db.url()),
+        ("API__KEYS", "[lifecycle-key-0123456789]"),
+    ];
+    test_support::lifecycle::not_ready_without_nats(BIN, PREFIX, &extra).await;
 }
 
 #[test]
 fn invalid_config_exits_64_naming_the_key() {
-    test_support::lifecycle::rejects_invalid_config(BIN, "WEBHOOK_DISPATCHER_");
+    test_support::lifecycle::rejects_invalid_config(BIN, PREFIX);
 }

@@ -1,0 +1,99 @@
+//! API authentication: `Authorization: Bearer <api key or admin JWT>`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::config::ApiConfig;
+
+/// Checks credentials. Keys are kept as SHA-256 digests and compared in constant time.
+#[derive(Clone)]
+pub struct Authenticator {
+    key_digests: Arc<Vec<[u8; 32]>>,
+    jwt: Option<Arc<(DecodingKey, Validation)>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.key_digests.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// From the `api` section.
+    pub fn new(config: &ApiConfig) -> Self {
+        let jwt = (!config.jwt_hs256_secret.is_empty()).then(|| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.validate_nbf = true;
+            if !config.jwt_issuer.is_empty() {
+                validation.set_issuer(&[config.jwt_issuer.as_str()]);
+            }
+            if config.jwt_audience.is_empty() {
+                validation.validate_aud = false;
+            } else {
+                validation.set_audience(&[config.jwt_audience.as_str()]);
+            }
+            Arc::new((
+                DecodingKey::from_secret(config.jwt_hs256_secret.as_bytes()),
+                validation,
+            ))
+        });
+        Self {
+            key_digests: Arc::new(
+                config
+                    .keys
+                    .iter()
+                    .map(|k| Sha256::digest(k.as_bytes()).into())
+                    .collect(),
+            ),
+            jwt,
+        }
+    }
+
+    /// Whether a bearer credential is accepted.
+    pub fn accepts(&self, credential: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
+        let key_ok = self
+            .key_digests
+            .iter()
+            .fold(false, |found, k| found | constant_time_eq(k, &digest));
+        if key_ok {
+            return true;
+        }
+        match &self.jwt {
+            Some(jwt) => {
+                jsonwebtoken::decode::<serde_json::Value>(credential, &jwt.0, &jwt.1).is_ok()
+            }
+            None => false,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware rejecting requests without accepted credentials.
+pub async fn require(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
+    let credential = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match credential {
+        Some(c) if auth.accepts(c) => next.run(request).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}

@@ -1,0 +1,215 @@
+//! webhook-dispatcher configuration (beside the common sections).
+
+use serde::{Deserialize, Serialize};
+use service_runtime::{ConfigError, Validate};
+
+use crate::ssrf::Cidr;
+
+/// Everything specific to the dispatcher.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// REST API authentication.
+    pub api: ApiConfig,
+    /// Consuming `events.>`.
+    pub intake: IntakeConfig,
+    /// Sending.
+    pub delivery: DeliveryConfig,
+    /// Pruning old records.
+    pub retention: RetentionConfig,
+}
+
+/// Who may call the REST API: a bearer API key, or an admin JWT (HS256).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Accepted API keys (`Authorization: Bearer <key>`). Never logged.
+    pub keys: Vec<String>,
+    /// HS256 secret of admin JWTs; empty disables JWT authentication. Never logged.
+    pub jwt_hs256_secret: String,
+    /// Required `iss` of admin JWTs, when set.
+    pub jwt_issuer: String,
+    /// Required `aud` of admin JWTs, when set.
+    pub jwt_audience: String,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("jwt", &!self.jwt_hs256_secret.is_empty())
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .finish()
+    }
+}
+
+/// The durable JetStream consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IntakeConfig {
+    /// Durable consumer name, shared by every replica.
+    pub consumer: String,
+    /// Events read and committed per transaction.
+    pub batch: usize,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            consumer: "webhook-dispatcher".to_owned(),
+            batch: 256,
+        }
+    }
+}
+
+/// How deliveries are sent and retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Attempts in flight at once in this replica.
+    pub concurrency: usize,
+    /// Deliveries claimed per database round trip.
+    pub claim_batch: i64,
+    /// Seconds a claim is held; a crashed replica's claims fall back after this.
+    pub lease_secs: u64,
+    /// Milliseconds between polls when nothing is due.
+    pub poll_interval_ms: u64,
+    /// Seconds to establish a connection.
+    pub connect_timeout_secs: u64,
+    /// Seconds for a whole attempt, body included.
+    pub timeout_secs: u64,
+    /// Bytes of the response body kept in the attempt record.
+    pub max_response_body_bytes: usize,
+    /// Attempts per delivery unless the subscription says otherwise (seed: 3).
+    pub default_max_attempts: i32,
+    /// Concurrent attempts per subscription unless it says otherwise.
+    pub default_max_concurrency: i32,
+    /// First retry delay in milliseconds; doubles per attempt, with ±20 % jitter.
+    pub retry_base_ms: u64,
+    /// Longest delay before a retry, `Retry-After` included, in seconds.
+    pub retry_max_secs: u64,
+    /// Consecutive failed attempts after which a subscription is disabled (0: never).
+    pub disable_after_failures: i32,
+    /// Seconds the previous secret keeps signing after a rotation, unless the call says.
+    pub rotation_grace_secs: u64,
+    /// Networks deliveries may reach even though they are not public (CIDRs).
+    pub allow_networks: Vec<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            claim_batch: 200,
+            lease_secs: 60,
+            poll_interval_ms: 250,
+            connect_timeout_secs: 5,
+            timeout_secs: 15,
+            max_response_body_bytes: 4096,
+            default_max_attempts: 3,
+            default_max_concurrency: 16,
+            retry_base_ms: 5_000,
+            retry_max_secs: 3_600,
+            disable_after_failures: 100,
+            rotation_grace_secs: 86_400,
+            allow_networks: Vec::new(),
+        }
+    }
+}
+
+/// Pruning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Days finished deliveries and their attempts are kept.
+    pub days: u32,
+    /// Seconds between pruning runs.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            days: 30,
+            interval_secs: 3600,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The parsed allow-list.
+    pub fn allowed_networks(&self) -> Result<Vec<Cidr>, ConfigError> {
+        self.allow_networks
+            .iter()
+            .map(|raw| Cidr::parse(raw).map_err(|e| ConfigError::new("delivery.allow_networks", e)))
+            .collect()
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.keys.is_empty() && self.api.jwt_hs256_secret.is_empty() {
+            return Err(ConfigError::new(
+                "api.keys",
+                "set api.keys or api.jwt_hs256_secret: the API is never open",
+            ));
+        }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::new(
+                "api.keys",
+                "each key must be at least 16 characters",
+            ));
+        }
+        if !self.api.jwt_hs256_secret.is_empty() && self.api.jwt_hs256_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "api.jwt_hs256_secret",
+                "must be at least 32 bytes",
+            ));
+        }
+        if self.intake.consumer.is_empty()
+            || !self
+                .intake
+                .consumer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                "intake.consumer",
+                "must be letters, digits, - or _",
+            ));
+        }
+        let d = &self.delivery;
+        for (key, ok) in [
+            ("intake.batch", (1..=10_000).contains(&self.intake.batch)),
+            ("delivery.concurrency", d.concurrency >= 1),
+            (
+                "delivery.claim_batch",
+                (1..=10_000).contains(&d.claim_batch),
+            ),
+            ("delivery.lease_secs", d.lease_secs > d.timeout_secs),
+            (
+                "delivery.timeout_secs",
+                d.timeout_secs >= 1 && d.connect_timeout_secs <= d.timeout_secs,
+            ),
+            (
+                "delivery.default_max_attempts",
+                (1..=50).contains(&d.default_max_attempts),
+            ),
+            (
+                "delivery.default_max_concurrency",
+                d.default_max_concurrency >= 1,
+            ),
+            ("delivery.poll_interval_ms", d.poll_interval_ms >= 1),
+            ("delivery.retry_base_ms", d.retry_base_ms >= 1),
+            ("retention.days", self.retention.days >= 1),
+            ("retention.interval_secs", self.retention.interval_secs >= 1),
+        ] {
+            if !ok {
+                return Err(ConfigError::new(key, "is out of range"));
+            }
+        }
+        d.allowed_networks()?;
+        Ok(())
+    }
+}

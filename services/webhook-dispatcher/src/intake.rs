@@ -1,0 +1,185 @@
+//! The durable consumer on `events.>`.
+//!
+//! An event is acknowledged only after the deliveries it causes are committed (together with
+//! the event's bytes) in PostgreSQL. A crash at any point therefore loses nothing: JetStream
+//! redelivers what was not acknowledged, and `UNIQUE (event_id, subscription_id)` turns the
+//! repeat into a no-op. Events no subscription matches are acknowledged without a write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::pattern::any_matches;
+use crate::store::Store;
+
+/// How long the in-memory copy of subscription patterns is trusted. Changes made through this
+/// replica's API apply at once; other replicas' within this bound.
+const PATTERNS_TTL: Duration = Duration::from_secs(1);
+
+/// `(subscription, patterns)` of every enabled subscription.
+type Patterns = Arc<Vec<(Uuid, Vec<String>)>>;
+
+/// Subscription patterns, cached briefly.
+#[derive(Debug, Default)]
+pub struct PatternCache {
+    inner: tokio::sync::Mutex<Option<(Instant, Patterns)>>,
+}
+
+impl PatternCache {
+    /// Forgets the cached patterns (after a change through the API).
+    pub async fn invalidate(&self) {
+        *self.inner.lock().await = None;
+    }
+
+    async fn get(&self, store: &Store) -> Result<Patterns, sqlx::Error> {
+        let mut guard = self.inner.lock().await;
+        if let Some((at, patterns)) = guard.as_ref()
+            && at.elapsed() < PATTERNS_TTL
+        {
+            return Ok(Arc::clone(patterns));
+        }
+        let fresh = Arc::new(store.enabled_patterns().await?);
+        *guard = Some((Instant::now(), Arc::clone(&fresh)));
+        Ok(fresh)
+    }
+}
+
+/// Consumes until shutdown, retrying with backoff through NATS or PostgreSQL outages.
+/// `consuming` turns true once the durable consumer exists (readiness).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    js: jetstream::Context,
+    store: Store,
+    patterns: Arc<PatternCache>,
+    consumer_name: String,
+    batch: usize,
+    work_ready: Arc<Notify>,
+    consuming: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume(
+            &js,
+            &store,
+            &patterns,
+            &consumer_name,
+            batch,
+            &work_ready,
+            &consuming,
+            &shutdown,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "event intake interrupted"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    js: &jetstream::Context,
+    store: &Store,
+    patterns: &PatternCache,
+    consumer_name: &str,
+    batch: usize,
+    work_ready: &Notify,
+    consuming: &std::sync::atomic::AtomicBool,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = js.get_stream(events::subject::EVENTS_STREAM).await?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            consumer_name,
+            consumer::pull::Config {
+                durable_name: Some(consumer_name.to_owned()),
+                description: Some("webhook-dispatcher intake".to_owned()),
+                filter_subject: events::subject::ALL_EVENTS.to_owned(),
+                // A first deployment starts from now; afterwards the durable position holds.
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: (batch * 8) as i64,
+                ..Default::default()
+            },
+        )
+        .await?;
+    tracing::info!(consumer = consumer_name, "event intake started");
+    consuming.store(true, std::sync::atomic::Ordering::Release);
+    let events_in = metrics::counter!("webhook_events_consumed_total");
+    let invalid = metrics::counter!("webhook_events_invalid_total");
+    loop {
+        let mut messages = consumer
+            .batch()
+            .max_messages(batch)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await?;
+        let mut received = Vec::with_capacity(batch);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => match next {
+                    Some(m) => received.push(m?),
+                    None => break,
+                },
+            }
+        }
+        if received.is_empty() {
+            continue;
+        }
+        events_in.increment(received.len() as u64);
+        let subscriptions = patterns.get(store).await?;
+        let mut event_rows = Vec::new();
+        let mut delivery_rows = Vec::new();
+        let mut to_ack = Vec::with_capacity(received.len());
+        for message in received {
+            let envelope = match events::Envelope::decode(&message.payload) {
+                Ok(e) => e,
+                Err(err) => {
+                    invalid.increment(1);
+                    tracing::warn!(subject = %message.subject, error = %err, "invalid event, terminated");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            let event_type = envelope.event_type.as_str();
+            let mut matched = false;
+            for (sub, sub_patterns) in subscriptions.iter() {
+                if any_matches(sub_patterns, event_type) {
+                    delivery_rows.push((envelope.id, *sub, event_type.to_owned()));
+                    matched = true;
+                }
+            }
+            if matched {
+                // The exact bytes are what gets signed and sent.
+                let payload = String::from_utf8_lossy(&message.payload).into_owned();
+                event_rows.push((envelope.id, event_type.to_owned(), payload));
+            }
+            to_ack.push(message);
+        }
+        if !delivery_rows.is_empty() {
+            if let Err(err) = store.insert_outbox(&event_rows, &delivery_rows).await {
+                for m in &to_ack {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                return Err(err.into());
+            }
+            work_ready.notify_waiters();
+        }
+        for m in &to_ack {
+            m.ack().await?;
+        }
+    }
+}
