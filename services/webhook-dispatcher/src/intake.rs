@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -119,21 +119,28 @@ async fn consume(
     consuming.store(true, std::sync::atomic::Ordering::Release);
     let events_in = metrics::counter!("webhook_events_consumed_total");
     let invalid = metrics::counter!("webhook_events_invalid_total");
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
     loop {
-        let mut messages = consumer
-            .batch()
-            .max_messages(batch)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await?;
+        // Wait for one event, then take whatever else is already here (up to `batch`): low
+        // latency when idle, large transactions under load.
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => match next {
+                Some(m) => m?,
+                None => return Err("consumer stream ended".into()),
+            },
+        };
         let mut received = Vec::with_capacity(batch);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(m) => received.push(m?),
-                    None => break,
-                },
+        received.push(first);
+        while received.len() < batch {
+            match messages.next().now_or_never() {
+                Some(Some(m)) => received.push(m?),
+                _ => break,
             }
         }
         if received.is_empty() {
@@ -176,7 +183,7 @@ async fn consume(
                 }
                 return Err(err.into());
             }
-            work_ready.notify_waiters();
+            work_ready.notify_one();
         }
         for m in &to_ack {
             m.ack().await?;

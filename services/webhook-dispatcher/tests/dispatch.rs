@@ -237,8 +237,11 @@ async fn deliveries_are_signed_for_standard_webhooks_and_the_seed_header() {
     assert_eq!(x, format!("t={t},v1={expected}"));
 
     // order.created matched no subscription: never delivered. The deal ones are recorded.
-    let deliveries = api.deliveries(&deal_sub, "?status=succeeded").await;
-    assert_eq!(deliveries.len(), 2);
+    let deliveries = eventually("both deliveries recorded as succeeded", || async {
+        let done = api.deliveries(&deal_sub, "?status=succeeded").await;
+        (done.len() == 2).then_some(done)
+    })
+    .await;
     assert!(
         deliveries
             .iter()

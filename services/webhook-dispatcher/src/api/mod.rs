@@ -328,7 +328,7 @@ async fn update_subscription(
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     state.patterns.invalidate().await;
-    state.work_ready.notify_waiters();
+    state.work_ready.notify_one();
     Ok(Json(serde_json::to_value(sub).unwrap_or_default()))
 }
 
@@ -425,7 +425,7 @@ async fn send_test(
             &[(envelope.id, id, t)],
         )
         .await?;
-    state.work_ready.notify_waiters();
+    state.work_ready.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": envelope.id}))).into_response())
 }
 
@@ -491,7 +491,7 @@ async fn redeliver(
     if !state.store.redeliver(parse_id(&id)?).await? {
         return Err(ApiError::NotFound("delivery"));
     }
-    state.work_ready.notify_waiters();
+    state.work_ready.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "pending"}))).into_response())
 }
 
@@ -515,7 +515,7 @@ async fn recover(
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     let n = state.store.recover(id, since).await?;
-    state.work_ready.notify_waiters();
+    state.work_ready.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"recovered": n}))).into_response())
 }
 
