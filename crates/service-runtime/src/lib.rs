@@ -258,7 +258,9 @@ impl ServiceContext {
         });
         server::serve(listener, app, self.shutdown.clone(), self.grace).await?;
         // Flush what the client still buffers; bounded so a dead server cannot hold us.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.nats.flush()).await;
+        if nats::is_connected(&self.nats) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.nats.flush()).await;
+        }
         Ok(())
     }
 }

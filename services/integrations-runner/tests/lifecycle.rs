@@ -16,3 +16,8 @@ async fn is_alive_but_not_ready_without_nats() {
 fn invalid_config_exits_64_naming_the_key() {
     test_support::lifecycle::rejects_invalid_config(BIN, "INTEGRATIONS_RUNNER_");
 }
+
+#[test]
+fn the_example_config_file_loads() {
+    test_support::lifecycle::accepts_example_config(BIN, "INTEGRATIONS_RUNNER_", "integrations-runner", &[]);
+}

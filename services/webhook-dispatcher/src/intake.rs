@@ -64,7 +64,8 @@ pub async fn run(
 ) {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(
+        // Cancelling mid-batch is safe: JetStream redelivers whatever was not acknowledged.
+        let attempt = consume(
             &js,
             &store,
             &patterns,
@@ -73,9 +74,12 @@ pub async fn run(
             &work_ready,
             &consuming,
             &shutdown,
-        )
-        .await
-        {
+        );
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
             Ok(()) => return,
             Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "event intake interrupted"),
         }

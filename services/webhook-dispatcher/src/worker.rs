@@ -93,11 +93,13 @@ impl Dispatcher {
                 drop(p);
                 continue;
             }
-            let claimed = match self
+            let claim = self
                 .store
-                .claim(free.min(self.config.claim_batch), self.config.lease_secs)
-                .await
-            {
+                .claim(free.min(self.config.claim_batch), self.config.lease_secs);
+            let claimed = match tokio::select! {
+                () = shutdown.cancelled() => break,
+                c = claim => c,
+            } {
                 Ok(c) => {
                     delay = Duration::from_millis(100);
                     c

@@ -29,3 +29,16 @@ async fn is_alive_but_not_ready_without_nats() {
 fn invalid_config_exits_64_naming_the_key() {
     test_support::lifecycle::rejects_invalid_config(BIN, PREFIX);
 }
+
+#[test]
+fn the_example_config_file_loads() {
+    test_support::lifecycle::accepts_example_config(
+        BIN,
+        "WEBHOOK_DISPATCHER_",
+        "webhook-dispatcher",
+        &[
+            ("DATABASE__URL", "postgres://postgres@127.0.0.1:5432/unused"),
+            ("API__KEYS", "[lifecycle-key-0123456789]"),
+        ],
+    );
+}
