@@ -83,18 +83,20 @@ pub enum ServiceError {
     /// A setting that only the service itself can check is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A component the service cannot work without stopped.
+    #[error("{0}")]
+    Component(String),
 }
 
 /// The whole life of a service process: arguments, configuration, telemetry, listener, signal
 /// handling, then `run`. Exit codes: 0 after a clean shutdown, 64 for invalid configuration or
-/// arguments, 1 when `run` fails.
+/// arguments (including what only `run` can check), 1 when `run` fails otherwise.
 #[allow(clippy::print_stderr)]
-pub fn main<S, F, Fut, E>(spec: ServiceSpec, run: F) -> ExitCode
+pub fn main<S, F, Fut>(spec: ServiceSpec, run: F) -> ExitCode
 where
     S: DeserializeOwned + Serialize + Default + Validate,
     F: FnOnce(Settings<S>, TcpListener, CancellationToken) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), ServiceError>>,
 {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -143,6 +145,11 @@ where
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
+            }
+            Err(ServiceError::Config(err)) => {
+                tracing::error!(error = %err, "invalid configuration");
+                eprintln!("{}: {err}", spec.name);
+                ExitCode::from(config::EXIT_INVALID_CONFIG)
             }
             Err(err) => {
                 tracing::error!(error = %err, "service failed");

@@ -145,12 +145,36 @@ pub async fn run(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
-    ctx.serve(listener, router(state)).await?;
+    let serve = ctx.serve(listener, router(state));
+    tokio::pin!(serve);
+    let mut relay = relay;
+    let mut relay_failure = None;
+    tokio::select! {
+        served = &mut serve => served?,
+        relayed = &mut relay => {
+            // Without the relay no client would receive anything: stop (exit 1) so the
+            // orchestrator restarts this instance, rather than keep silent connections.
+            if !shutdown.is_cancelled() {
+                let why = match relayed {
+                    Ok(Ok(())) => "nats relay ended".to_owned(),
+                    Ok(Err(err)) => format!("nats relay failed: {err}"),
+                    Err(err) => format!("nats relay panicked: {err}"),
+                };
+                tracing::error!(reason = %why, "stopping");
+                relay_failure = Some(why);
+                shutdown.cancel();
+            }
+            serve.await?;
+        }
+    }
     // The HTTP server has stopped accepting; open WebSockets were told 1001 by the shutdown
     // token. Wait for them to finish their close handshakes, within the grace period.
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("grace period elapsed with websocket connections still open");
+    }
+    if let Some(why) = relay_failure {
+        return Err(ServiceError::Component(why));
     }
     relay.abort();
     Ok(())
