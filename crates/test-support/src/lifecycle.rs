@@ -130,7 +130,8 @@ pub fn rejects_invalid_config(bin: &str, prefix: &str) {
 /// Starts the binary with `--config deploy/config/<name>.toml` (plus `extra` env): the example
 /// file must load, validate and serve.
 pub fn accepts_example_config(bin: &str, prefix: &str, name: &str, extra: &[(&str, &str)]) {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../deploy/config/{name}.toml"));
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../deploy/config/{name}.toml"));
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -139,6 +140,8 @@ pub fn accepts_example_config(bin: &str, prefix: &str, name: &str, extra: &[(&st
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let mut service = ServiceProcess::spawn(bin, &["--config", file.to_str().unwrap()], &env);
     service.signal("TERM");
-    let status = service.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
+    let status = service
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
     assert_eq!(status.code(), Some(0), "logs:\n{}", service.logs());
 }

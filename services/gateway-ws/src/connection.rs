@@ -198,16 +198,26 @@ async fn run(
                     }
                 }
             }
-            r = recv(s0) => r,
-            r = recv(s1) => r,
-            r = recv(s2) => r,
-            r = recv(s3) => r,
-            r = recv(s4) => r,
+            r = recv(s0) => (0, r),
+            r = recv(s1) => (1, r),
+            r = recv(s2) => (2, r),
+            r = recv(s3) => (3, r),
+            r = recv(s4) => (4, r),
         };
+        let (slot, event) = event;
         match event {
             Ok(frame) => {
-                if let Err(exit) = send(sink, Message::Text(frame), write_timeout).await {
-                    break exit;
+                // Write this event and whatever else is already queued on the channel, then
+                // flush once: one syscall per burst instead of one per event.
+                let burst = write_burst(sink, frame, subs.0[slot].as_mut(), write_timeout).await;
+                match burst {
+                    Ok(()) => {}
+                    Err(BurstError::Exit(exit)) => break exit,
+                    Err(BurstError::Lagged) => {
+                        metrics::counter!("ws_dropped_total", "reason" => "slow_consumer")
+                            .increment(1);
+                        break Exit::Close(close::TRY_AGAIN_LATER, "slow consumer: too far behind");
+                    }
                 }
             }
             Err(RecvError::Lagged(_)) => {
@@ -255,6 +265,44 @@ fn classify(err: &axum::Error) -> Exit {
         Exit::Close(close::TOO_BIG, "message too big")
     } else {
         Exit::Drop
+    }
+}
+
+/// Events written per flush at most, so one busy channel cannot starve the others.
+const MAX_BURST: usize = 64;
+
+enum BurstError {
+    Exit(Exit),
+    Lagged,
+}
+
+async fn write_burst(
+    sink: &mut Sink,
+    first: Frame,
+    rx: Option<&mut broadcast::Receiver<Frame>>,
+    timeout: Duration,
+) -> Result<(), BurstError> {
+    let work = async {
+        sink.feed(Message::Text(first)).await?;
+        if let Some(rx) = rx {
+            for _ in 1..MAX_BURST {
+                match rx.try_recv() {
+                    Ok(frame) => sink.feed(Message::Text(frame)).await?,
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => return Ok(false),
+                    Err(_) => break,
+                }
+            }
+        }
+        sink.flush().await.map(|()| true)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(BurstError::Lagged),
+        Ok(Err(_)) => Err(BurstError::Exit(Exit::Drop)),
+        Err(_) => {
+            metrics::counter!("ws_dropped_total", "reason" => "write_timeout").increment(1);
+            Err(BurstError::Exit(Exit::Drop))
+        }
     }
 }
 

@@ -19,5 +19,10 @@ fn invalid_config_exits_64_naming_the_key() {
 
 #[test]
 fn the_example_config_file_loads() {
-    test_support::lifecycle::accepts_example_config(BIN, "INTEGRATIONS_RUNNER_", "integrations-runner", &[]);
+    test_support::lifecycle::accepts_example_config(
+        BIN,
+        "INTEGRATIONS_RUNNER_",
+        "integrations-runner",
+        &[],
+    );
 }

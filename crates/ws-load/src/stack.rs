@@ -1,0 +1,203 @@
+//! The system under test: a private NATS server, one connect-redis session in Redis, and a
+//! release `gateway-ws` process configured for the test size.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use test_support::{NatsServer, ServiceProcess};
+
+/// Signing secret of the test session cookie.
+const SECRET: &str = "ws-load secret";
+
+/// How the gateway is started.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// The `gateway-ws` binary.
+    pub bin: PathBuf,
+    /// Redis holding the session (connect-redis layout, prefix `sess:`).
+    pub redis_url: String,
+    /// Connections the test will open; the gateway's caps are set above it.
+    pub connections: usize,
+    /// `limits.outbound_queue` (broadcast ring capacity).
+    pub outbound_queue: usize,
+    /// More environment for the gateway process (e.g. `MALLOC_ARENA_MAX`).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// NATS, the session and the gateway; everything is stopped and removed when dropped.
+#[derive(Debug)]
+pub struct Stack {
+    nats: NatsServer,
+    gateway: ServiceProcess,
+    redis_url: String,
+    session_key: String,
+    /// `Cookie` header value that authenticates as the test session's user.
+    pub cookie: String,
+}
+
+impl Stack {
+    /// Starts everything and waits until the gateway's `/readyz` answers 200.
+    pub async fn start(options: &GatewayOptions) -> Self {
+        let nats = tokio::task::spawn_blocking(NatsServer::start)
+            .await
+            .unwrap();
+
+        let sid = format!(
+            "wsload{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let session_key = format!("sess:{sid}");
+        let mut redis = redis_connection(&options.redis_url).await;
+        // connect-redis: SET sess:<sid> <json> EX <ttl>
+        let sess = json!({"cookie": {"originalMaxAge": 86_400_000, "httpOnly": true, "path": "/"},
+                          "passport": {"user": "load-user"}});
+        let _: () = redis::cmd("SET")
+            .arg(&session_key)
+            .arg(sess.to_string())
+            .arg("EX")
+            .arg(86_400)
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_else(|e| panic!("redis at {}: {e}", options.redis_url));
+        let signed = gateway_ws::cookie::sign(&sid, SECRET.as_bytes());
+        let cookie = format!(
+            "connect.sid={}",
+            signed
+                .replace(':', "%3A")
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+        );
+
+        let cap = (options.connections + 1000).to_string();
+        let env: Vec<(&str, String)> = vec![
+            ("GATEWAY_WS_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+            ("GATEWAY_WS_NATS__URL", nats.url()),
+            ("GATEWAY_WS_LOG__FORMAT", "json".to_owned()),
+            ("GATEWAY_WS_SESSION__SECRETS", format!("[\"{SECRET}\"]")),
+            ("GATEWAY_WS_SESSION__STORE", "redis".to_owned()),
+            ("GATEWAY_WS_SESSION__REDIS_URL", options.redis_url.clone()),
+            ("GATEWAY_WS_LIMITS__MAX_CONNECTIONS", cap.clone()),
+            ("GATEWAY_WS_LIMITS__MAX_CONNECTIONS_PER_IP", cap),
+            (
+                "GATEWAY_WS_LIMITS__OUTBOUND_QUEUE",
+                options.outbound_queue.to_string(),
+            ),
+        ];
+        let bin = options.bin.to_string_lossy().into_owned();
+        assert!(
+            options.bin.exists(),
+            "{bin} not found: build it with `cargo build --release -p gateway-ws -p ws-load` \
+             or pass --gateway-bin"
+        );
+        let extra = options.extra_env.clone();
+        let gateway = tokio::task::spawn_blocking(move || {
+            let mut env: Vec<(&str, String)> = env;
+            env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            ServiceProcess::spawn(&bin, &[], &env)
+        })
+        .await
+        .unwrap();
+        let stack = Self {
+            nats,
+            gateway,
+            redis_url: options.redis_url.clone(),
+            session_key,
+            cookie,
+        };
+        let client = test_support::http_client();
+        let url = stack.gateway.url("/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while test_support::http_status(&client, &url).await != Some(200) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready in 30 s; logs:\n{}",
+                stack.gateway.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stack
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.gateway.pid()
+    }
+
+    /// The gateway's HTTP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.addr()
+    }
+
+    /// `nats://...` of the private server.
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// The gateway's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        match test_support::http_client()
+            .get(self.gateway.url("/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Removes the session from Redis (the processes stop when the stack is dropped).
+    pub async fn remove_session(&self) {
+        let mut redis = redis_connection(&self.redis_url).await;
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(&self.session_key)
+            .query_async(&mut redis)
+            .await;
+    }
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("redis url {url}: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("redis at {url}: {e} (is it running?)"))
+}
+
+/// Sum of the samples of `name` whose labels contain `label` (`""` for any), from Prometheus
+/// text.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let bare = series.split('{').next()?;
+            (bare == name && series.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_matching_series() {
+        let text = "# TYPE ws_dropped_total counter\n\
+                    ws_dropped_total{reason=\"slow_consumer\"} 3\n\
+                    ws_dropped_total{reason=\"write_timeout\"} 1\n\
+                    ws_connections 10\n";
+        assert_eq!(metric(text, "ws_dropped_total", ""), 4.0);
+        assert_eq!(
+            metric(text, "ws_dropped_total", "reason=\"slow_consumer\""),
+            3.0
+        );
+        assert_eq!(metric(text, "ws_connections", ""), 10.0);
+        assert_eq!(metric(text, "ws_missing", ""), 0.0);
+    }
+}
