@@ -52,6 +52,9 @@ pub struct IntakeConfig {
     pub consumer: String,
     /// Events read and committed per transaction.
     pub batch: usize,
+    /// Seconds before JetStream redelivers an event a crashed replica received but never
+    /// acknowledged.
+    pub ack_wait_secs: u64,
 }
 
 impl Default for IntakeConfig {
@@ -59,6 +62,7 @@ impl Default for IntakeConfig {
         Self {
             consumer: "webhook-dispatcher".to_owned(),
             batch: 256,
+            ack_wait_secs: 30,
         }
     }
 }
@@ -182,6 +186,10 @@ impl Validate for Config {
         let d = &self.delivery;
         for (key, ok) in [
             ("intake.batch", (1..=10_000).contains(&self.intake.batch)),
+            (
+                "intake.ack_wait_secs",
+                (1..=3600).contains(&self.intake.ack_wait_secs),
+            ),
             ("delivery.concurrency", d.concurrency >= 1),
             (
                 "delivery.claim_batch",

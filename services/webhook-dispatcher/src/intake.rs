@@ -58,6 +58,7 @@ pub async fn run(
     patterns: Arc<PatternCache>,
     consumer_name: String,
     batch: usize,
+    ack_wait: Duration,
     work_ready: Arc<Notify>,
     consuming: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
@@ -71,6 +72,7 @@ pub async fn run(
             &patterns,
             &consumer_name,
             batch,
+            ack_wait,
             &work_ready,
             &consuming,
             &shutdown,
@@ -98,6 +100,7 @@ async fn consume(
     patterns: &PatternCache,
     consumer_name: &str,
     batch: usize,
+    ack_wait: Duration,
     work_ready: &Notify,
     consuming: &std::sync::atomic::AtomicBool,
     shutdown: &CancellationToken,
@@ -113,7 +116,7 @@ async fn consume(
                 // A first deployment starts from now; afterwards the durable position holds.
                 deliver_policy: consumer::DeliverPolicy::New,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait,
                 max_ack_pending: (batch * 8) as i64,
                 ..Default::default()
             },

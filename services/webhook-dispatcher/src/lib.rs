@@ -80,6 +80,7 @@ pub async fn run(
         Arc::clone(&patterns),
         service.intake.consumer.clone(),
         service.intake.batch,
+        Duration::from_secs(service.intake.ack_wait_secs),
         Arc::clone(&work_ready),
         consuming,
         shutdown.clone(),

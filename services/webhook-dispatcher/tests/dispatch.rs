@@ -575,6 +575,7 @@ async fn a_killed_dispatcher_loses_nothing_after_restart() {
     });
     let extra = [
         ("DELIVERY__LEASE_SECS", "3"),
+        ("INTAKE__ACK_WAIT_SECS", "2"),
         ("DELIVERY__TIMEOUT_SECS", "2"),
         ("DELIVERY__CONNECT_TIMEOUT_SECS", "1"),
         ("DELIVERY__CONCURRENCY", "4"),
