@@ -57,6 +57,9 @@ start() { # name prefix port
 }
 
 echo "NATS: $NATS_URL  PostgreSQL: $DATABASE_URL"
+# Development-only credentials for gateway-socketio (/admin HS256 tokens, widget-key API).
+export GATEWAY_SOCKETIO_ADMIN__SECRET="${GATEWAY_SOCKETIO_ADMIN__SECRET:-dev-only-insecure-hs256-secret}"
+export GATEWAY_SOCKETIO_API__KEYS="${GATEWAY_SOCKETIO_API__KEYS:-[dev-only-widget-api-key]}"
 start gateway-ws GATEWAY_WS_ 8080
 start gateway-socketio GATEWAY_SOCKETIO_ 8081
 start webhook-dispatcher WEBHOOK_DISPATCHER_ 8082

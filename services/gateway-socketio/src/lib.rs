@@ -1,43 +1,134 @@
-//! Socket.IO gateway (seed 000, 002): namespaces `/admin`, `/provider`, `/widget`, `/stat`,
-//! per-namespace authentication, subscriptions mapped to rooms through `events::surface`, and
-//! relays from NATS to rooms.
-//!
-//! Today the service stands on the shared runtime: it loads its configuration, connects NATS,
-//! provisions the `EVENTS` stream, and serves `/healthz`, `/readyz` and `/metrics`.
+//! Socket.IO gateway (seed 000): namespaces `/admin`, `/provider`, `/widget`, `/stat` with
+//! their own authentication, `/admin` subscriptions mapped to rooms through `events::surface`,
+//! and relays from NATS to rooms. The contract is `docs/gateway-socketio.md`.
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod config;
+pub mod policy;
+mod relay;
+mod sockets;
+pub mod widget;
+
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
-use serde::{Deserialize, Serialize};
-use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings, Validate};
+use axum::http::{HeaderValue, Method, header};
+use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings};
+use socketioxide::SocketIo;
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::Config;
 
 /// Name, environment prefix and defaults of this service.
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "gateway-socketio",
     env_prefix: "GATEWAY_SOCKETIO_",
     default_port: 8081,
-    database_required: false,
+    database_required: true,
 };
 
-/// This service's own configuration sections (beside the common `http`, `nats`, `database`,
-/// `shutdown` and `log`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {}
+/// The widget-key table.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-impl Validate for Config {
-    fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-}
-
-/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
+/// Runs the gateway until `shutdown` is cancelled; then turns not-ready, disconnects every
+/// socket (clients reconnect elsewhere) and returns within the grace period.
 pub async fn run(
     settings: Settings<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let ctx = ServiceContext::start(SPEC.name, &settings.common, None, shutdown).await?;
-    ctx.serve(listener, Router::new()).await
+    let Settings { common, service } = settings;
+    let admin = auth::AdminVerifier::new(&service.admin)
+        .map_err(|e| ConfigError::new("admin.public_keys", e))?;
+    let provider = auth::ProviderVerifier::new(&service.provider);
+    if provider.is_none() {
+        tracing::info!("provider.issuer is not set: /provider refuses every handshake");
+    }
+    let ctx = ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
+    let pool = ctx
+        .db
+        .clone()
+        .ok_or_else(|| ConfigError::new("database.url", "is required (widget keys)"))?;
+    let widgets = widget::WidgetKeys::new(pool, Duration::from_secs(service.widget.cache_secs));
+
+    let state = Arc::new(sockets::Gateway::new(
+        service.clone(),
+        admin,
+        provider,
+        widgets.clone(),
+        ctx.nats.clone(),
+    ));
+    let io_config = &service.socketio;
+    let (svc, io) = SocketIo::builder()
+        .ping_interval(Duration::from_secs(io_config.ping_interval_secs))
+        .ping_timeout(Duration::from_secs(io_config.ping_timeout_secs))
+        .connect_timeout(Duration::from_secs(io_config.connect_timeout_secs))
+        .max_buffer_size(io_config.max_buffer)
+        .max_payload(io_config.max_payload_bytes)
+        .ws_read_buffer_size(io_config.ws_read_buffer_bytes)
+        .with_state(Arc::clone(&state))
+        .build_svc();
+    sockets::register(&io);
+
+    let mut relays = relay::spawn(io.clone(), state, ctx.nats.clone(), shutdown.clone());
+
+    {
+        let (io, token) = (io.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            tracing::info!("disconnecting every socket");
+            io.close().await;
+        });
+    }
+
+    let api = widget::router(widget::ApiState {
+        keys: widgets,
+        nats: ctx.nats.clone(),
+        key_digests: Arc::new(
+            service
+                .api
+                .keys
+                .iter()
+                .map(|k| <sha2::Sha256 as sha2::Digest>::digest(k.as_bytes()).into())
+                .collect::<Vec<[u8; 32]>>(),
+        ),
+    });
+    let mut engine = Router::new().route_service("/socket.io/", svc);
+    if let Some(cors) = cors(&service.socketio.cors_origins)? {
+        engine = engine.layer(cors);
+    }
+    let served = ctx.serve(listener, api.merge(engine)).await;
+    relays.abort_all();
+    served
+}
+
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o).map_err(|_| {
+                    ConfigError::new("socketio.cors_origins", format!("not an origin: {o:?}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .max_age(Duration::from_secs(600)),
+    ))
 }

@@ -1,28 +1,39 @@
 //! The `gateway-socketio` binary as a process: health, readiness, config errors, SIGTERM.
 
+use test_support::TestDatabase;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-socketio");
+const PREFIX: &str = "GATEWAY_SOCKETIO_";
+const SECRET: &str = "lifecycle-secret-0123456789abcdef";
 
 #[tokio::test]
 async fn starts_reports_readiness_and_stops_on_sigterm() {
-    test_support::lifecycle::serves_and_drains(BIN, "GATEWAY_SOCKETIO_", &[]).await;
+    let db = TestDatabase::create().await;
+    let extra = [("DATABASE__URL", db.url()), ("ADMIN__SECRET", SECRET)];
+    test_support::lifecycle::serves_and_drains(BIN, PREFIX, &extra).await;
 }
 
 #[tokio::test]
 async fn is_alive_but_not_ready_without_nats() {
-    test_support::lifecycle::not_ready_without_nats(BIN, "GATEWAY_SOCKETIO_", &[]).await;
+    let db = TestDatabase::create().await;
+    let extra = [("DATABASE__URL", db.url()), ("ADMIN__SECRET", SECRET)];
+    test_support::lifecycle::not_ready_without_nats(BIN, PREFIX, &extra).await;
 }
 
 #[test]
 fn invalid_config_exits_64_naming_the_key() {
-    test_support::lifecycle::rejects_invalid_config(BIN, "GATEWAY_SOCKETIO_");
+    test_support::lifecycle::rejects_invalid_config(BIN, PREFIX);
 }
 
 #[test]
 fn the_example_config_file_loads() {
     test_support::lifecycle::accepts_example_config(
         BIN,
-        "GATEWAY_SOCKETIO_",
+        PREFIX,
         "gateway-socketio",
-        &[],
+        &[
+            ("DATABASE__URL", "postgres://postgres@127.0.0.1:5432/unused"),
+            ("ADMIN__SECRET", SECRET),
+        ],
     );
 }

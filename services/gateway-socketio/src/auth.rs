@@ -1,0 +1,558 @@
+//! Handshake credentials: `/admin` JWTs with a pinned algorithm, `/provider` Logto access tokens
+//! checked against the issuer's JWKS (cached, refreshed on an unknown `kid`, rate-limited).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::{AdminAlgorithm, AdminConfig, ProviderConfig};
+use crate::policy::Grants;
+
+/// Why a handshake was refused. `Display` is the client-safe `connect_error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token in `auth.token`.
+    MissingToken,
+    /// `exp` is past.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// The signature does not verify with any configured key.
+    BadSignature,
+    /// The header's `alg` is not the configured one.
+    AlgorithmNotAllowed,
+    /// `iss` differs.
+    WrongIssuer,
+    /// `aud` lacks the configured audience.
+    WrongAudience,
+    /// The JWKS has no key with the token's `kid`, even after a refresh.
+    UnknownKey,
+    /// Anything else wrong with the token.
+    Malformed,
+    /// A dependency (JWKS endpoint, database) did not answer.
+    Unavailable,
+    /// `/provider` has no issuer configured.
+    ProviderNotConfigured,
+    /// No widget key in the handshake.
+    WidgetKeyRequired,
+    /// The widget key does not exist.
+    UnknownWidgetKey,
+    /// The widget key was deactivated.
+    WidgetKeyInactive,
+    /// `Origin` missing or not allowed for the widget key.
+    OriginNotAllowed,
+    /// Per-IP connection rate exceeded.
+    RateLimited,
+}
+
+impl Refusal {
+    /// Short label for metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::AlgorithmNotAllowed => "algorithm",
+            Self::WrongIssuer => "issuer",
+            Self::WrongAudience => "audience",
+            Self::UnknownKey => "unknown_key",
+            Self::Malformed => "malformed",
+            Self::Unavailable => "unavailable",
+            Self::ProviderNotConfigured => "not_configured",
+            Self::WidgetKeyRequired => "missing_key",
+            Self::UnknownWidgetKey => "unknown_key",
+            Self::WidgetKeyInactive => "inactive_key",
+            Self::OriginNotAllowed => "origin",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MissingToken => "authentication required: auth.token is missing",
+            Self::Expired => "invalid token: expired",
+            Self::NotYetValid => "invalid token: not yet valid",
+            Self::BadSignature => "invalid token: bad signature",
+            Self::AlgorithmNotAllowed => "invalid token: algorithm not allowed",
+            Self::WrongIssuer => "invalid token: wrong issuer",
+            Self::WrongAudience => "invalid token: wrong audience",
+            Self::UnknownKey => "invalid token: unknown signing key",
+            Self::Malformed => "invalid token: malformed",
+            Self::Unavailable => "authentication unavailable, retry later",
+            Self::ProviderNotConfigured => "provider authentication is not configured",
+            Self::WidgetKeyRequired => "widget key required",
+            Self::UnknownWidgetKey => "unknown widget key",
+            Self::WidgetKeyInactive => "widget key inactive",
+            Self::OriginNotAllowed => "origin not allowed",
+            Self::RateLimited => "too many connections from this address, retry later",
+        })
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// `sub`, when present.
+    pub subject: Option<String>,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+    /// What the principal may subscribe to.
+    pub grants: Arc<Grants>,
+}
+
+fn map_error(error: &jsonwebtoken::errors::Error) -> Refusal {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidSignature => Refusal::BadSignature,
+        ErrorKind::InvalidAlgorithm => Refusal::AlgorithmNotAllowed,
+        ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
+        ErrorKind::InvalidAudience => Refusal::WrongAudience,
+        _ => Refusal::Malformed,
+    }
+}
+
+/// The `alg` and `kid` of a compact JWS header, read without trusting anything else in it.
+fn header_fields(token: &str) -> Result<(String, Option<String>), Refusal> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::Malformed);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| Refusal::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| Refusal::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(Refusal::Malformed)?
+        .to_owned();
+    let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+    Ok((alg, kid))
+}
+
+fn base_validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = leeway;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    if !issuer.is_empty() {
+        validation.set_issuer(&[issuer]);
+    }
+    if audience.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&[audience]);
+    }
+    validation
+}
+
+fn principal(claims: Map<String, Value>, grant_claim: &str) -> Principal {
+    let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    let subject = claims.get("sub").and_then(|v| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let grants = if grant_claim.is_empty() {
+        Grants::all()
+    } else {
+        Grants::from_claim(claims.get(grant_claim))
+    };
+    Principal {
+        subject,
+        expires_at,
+        grants: Arc::new(grants),
+    }
+}
+
+/// `/admin` token verification.
+pub struct AdminVerifier {
+    alg: Algorithm,
+    alg_name: &'static str,
+    keys: Vec<DecodingKey>,
+    validation: Validation,
+    grant_claim: String,
+}
+
+impl std::fmt::Debug for AdminVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminVerifier")
+            .field("alg", &self.alg)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminVerifier {
+    /// From the `admin` section; a key that does not parse is a configuration error.
+    pub fn new(config: &AdminConfig) -> Result<Self, String> {
+        let (alg, alg_name) = match config.algorithm {
+            AdminAlgorithm::HS256 => (Algorithm::HS256, "HS256"),
+            AdminAlgorithm::RS256 => (Algorithm::RS256, "RS256"),
+            AdminAlgorithm::ES256 => (Algorithm::ES256, "ES256"),
+        };
+        let keys = match config.algorithm {
+            AdminAlgorithm::HS256 => vec![DecodingKey::from_secret(config.secret.as_bytes())],
+            AdminAlgorithm::RS256 => config
+                .public_keys
+                .iter()
+                .enumerate()
+                .map(|(i, pem)| {
+                    DecodingKey::from_rsa_pem(pem.as_bytes())
+                        .map_err(|e| format!("admin.public_keys[{i}]: not an RSA public key: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+            AdminAlgorithm::ES256 => config
+                .public_keys
+                .iter()
+                .enumerate()
+                .map(|(i, pem)| {
+                    DecodingKey::from_ec_pem(pem.as_bytes())
+                        .map_err(|e| format!("admin.public_keys[{i}]: not an EC public key: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            alg,
+            alg_name,
+            keys,
+            validation: base_validation(alg, &config.issuer, &config.audience, config.leeway_secs),
+            grant_claim: config.subscribe_claim.clone(),
+        })
+    }
+
+    /// Verifies a token: pinned algorithm, signature with any configured key, `exp`, `nbf`,
+    /// issuer and audience.
+    pub fn verify(&self, token: &str) -> Result<Principal, Refusal> {
+        let (alg, _) = header_fields(token)?;
+        if alg != self.alg_name {
+            return Err(Refusal::AlgorithmNotAllowed);
+        }
+        let mut refusal = Refusal::BadSignature;
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation) {
+                Ok(data) => return Ok(principal(data.claims, &self.grant_claim)),
+                Err(e) => {
+                    refusal = map_error(&e);
+                    if refusal != Refusal::BadSignature {
+                        return Err(refusal);
+                    }
+                }
+            }
+        }
+        debug_assert!(self.alg == Algorithm::HS256 || !self.keys.is_empty());
+        Err(refusal)
+    }
+}
+
+/// Keys of one fetched JWKS, by `kid`.
+struct KeySet {
+    keys: HashMap<String, (DecodingKey, &'static str)>,
+    fetched_at: Instant,
+}
+
+/// `/provider` token verification against the issuer's JWKS.
+pub struct ProviderVerifier {
+    config: ProviderConfig,
+    url: String,
+    http: reqwest::Client,
+    current: RwLock<Option<Arc<KeySet>>>,
+    /// Serialises fetches; holds when the last fetch was attempted.
+    fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for ProviderVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderVerifier")
+            .field("issuer", &self.config.issuer)
+            .field("jwks_url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn algorithm_of(name: &str) -> Option<(Algorithm, &'static str)> {
+    Some(match name {
+        "ES256" => (Algorithm::ES256, "ES256"),
+        "ES384" => (Algorithm::ES384, "ES384"),
+        "RS256" => (Algorithm::RS256, "RS256"),
+        "RS384" => (Algorithm::RS384, "RS384"),
+        "RS512" => (Algorithm::RS512, "RS512"),
+        "PS256" => (Algorithm::PS256, "PS256"),
+        _ => return None,
+    })
+}
+
+/// The algorithm a JWK is for: its `alg`, else what its key type and curve imply.
+fn jwk_algorithm(jwk: &Value) -> Option<&'static str> {
+    if let Some(alg) = jwk.get("alg").and_then(Value::as_str) {
+        return algorithm_of(alg).map(|(_, name)| name);
+    }
+    match (
+        jwk.get("kty").and_then(Value::as_str),
+        jwk.get("crv").and_then(Value::as_str),
+    ) {
+        (Some("EC"), Some("P-256")) => Some("ES256"),
+        (Some("EC"), Some("P-384")) => Some("ES384"),
+        (Some("RSA"), _) => Some("RS256"),
+        _ => None,
+    }
+}
+
+impl ProviderVerifier {
+    /// From the `provider` section; `None` when no issuer is configured.
+    pub fn new(config: &ProviderConfig) -> Option<Self> {
+        if config.issuer.is_empty() {
+            return None;
+        }
+        // reqwest is built without a default TLS provider; ring is the one in the tree.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.jwks_timeout_secs))
+            .build()
+            .ok()?;
+        Some(Self {
+            url: config.jwks_endpoint(),
+            config: config.clone(),
+            http,
+            current: RwLock::new(None),
+            fetch: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn snapshot(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Fetches the key set unless another caller fetched it since `seen`, or the last fetch
+    /// was less than `min_interval` ago. Returns the set in effect afterwards.
+    async fn refresh(&self, seen: Option<Instant>, min_interval: Duration) -> Option<Arc<KeySet>> {
+        let mut last = self.fetch.lock().await;
+        if let Some(current) = self.snapshot()
+            && Some(current.fetched_at) != seen
+        {
+            return Some(current);
+        }
+        if let Some(at) = *last
+            && at.elapsed() < min_interval
+        {
+            return self.snapshot();
+        }
+        *last = Some(Instant::now());
+        match self.download().await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(set.clone());
+                metrics::counter!("socketio_jwks_fetches_total", "outcome" => "ok").increment(1);
+                Some(set)
+            }
+            Err(e) => {
+                metrics::counter!("socketio_jwks_fetches_total", "outcome" => "error").increment(1);
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed");
+                self.snapshot()
+            }
+        }
+    }
+
+    async fn download(&self) -> Result<KeySet, String> {
+        let response = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        let entries = body
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("no \"keys\" array")?;
+        let mut keys = HashMap::new();
+        for entry in entries {
+            if entry.get("use").and_then(Value::as_str) == Some("enc") {
+                continue;
+            }
+            let (Some(kid), Some(alg)) = (
+                entry.get("kid").and_then(Value::as_str),
+                jwk_algorithm(entry),
+            ) else {
+                continue;
+            };
+            let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else {
+                continue;
+            };
+            match DecodingKey::from_jwk(&jwk) {
+                Ok(key) => {
+                    keys.insert(kid.to_owned(), (key, alg));
+                }
+                Err(e) => tracing::warn!(kid, error = %e, "JWKS key skipped"),
+            }
+        }
+        Ok(KeySet {
+            keys,
+            fetched_at: Instant::now(),
+        })
+    }
+
+    /// Verifies a Logto access token.
+    pub async fn verify(&self, token: &str) -> Result<Principal, Refusal> {
+        let (alg_name, kid) = header_fields(token)?;
+        if !self.config.algorithms.contains(&alg_name) {
+            return Err(Refusal::AlgorithmNotAllowed);
+        }
+        let (alg, _) = algorithm_of(&alg_name).ok_or(Refusal::AlgorithmNotAllowed)?;
+        let kid = kid.ok_or(Refusal::UnknownKey)?;
+        let cache = Duration::from_secs(self.config.jwks_cache_secs);
+        let mut set = match self.snapshot() {
+            Some(set) if set.fetched_at.elapsed() < cache => set,
+            stale => {
+                let seen = stale.as_ref().map(|s| s.fetched_at);
+                self.refresh(seen, Duration::ZERO)
+                    .await
+                    .ok_or(Refusal::Unavailable)?
+            }
+        };
+        if !set.keys.contains_key(&kid) {
+            let min = Duration::from_secs(self.config.jwks_min_refresh_secs);
+            set = self
+                .refresh(Some(set.fetched_at), min)
+                .await
+                .ok_or(Refusal::Unavailable)?;
+        }
+        let (key, key_alg) = set.keys.get(&kid).ok_or(Refusal::UnknownKey)?;
+        if *key_alg != alg_name {
+            return Err(Refusal::AlgorithmNotAllowed);
+        }
+        let validation = base_validation(
+            alg,
+            &self.config.issuer,
+            &self.config.audience,
+            self.config.leeway_secs,
+        );
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            .map(|data| principal(data.claims, ""))
+            .map_err(|e| map_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(issuer: &str, audience: &str) -> AdminVerifier {
+        AdminVerifier::new(&AdminConfig {
+            secret: SECRET.to_owned(),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ..AdminConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn now() -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    fn hs256(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_reads_sub_and_exp() {
+        let exp = now() + 60;
+        let p = verifier("", "")
+            .verify(&hs256(&json!({"sub": 7, "exp": exp})))
+            .unwrap();
+        assert_eq!(p.subject.as_deref(), Some("7"));
+        assert_eq!(p.expires_at, exp);
+    }
+
+    #[test]
+    fn refuses_expired_unsigned_foreign_and_misaddressed_tokens() {
+        let v = verifier("crm", "realtime");
+        let good = json!({"exp": now() + 60, "iss": "crm", "aud": "realtime"});
+        assert!(v.verify(&hs256(&good)).is_ok());
+        let expired = json!({"exp": now() - 10, "iss": "crm", "aud": "realtime"});
+        assert_eq!(v.verify(&hs256(&expired)).unwrap_err(), Refusal::Expired);
+        let later = json!({"exp": now() + 60, "nbf": now() + 30, "iss": "crm", "aud": "realtime"});
+        assert_eq!(v.verify(&hs256(&later)).unwrap_err(), Refusal::NotYetValid);
+        let wrong_aud = json!({"exp": now() + 60, "iss": "crm", "aud": "other"});
+        assert_eq!(
+            v.verify(&hs256(&wrong_aud)).unwrap_err(),
+            Refusal::WrongAudience
+        );
+        let wrong_iss = json!({"exp": now() + 60, "iss": "x", "aud": "realtime"});
+        assert_eq!(
+            v.verify(&hs256(&wrong_iss)).unwrap_err(),
+            Refusal::WrongIssuer
+        );
+        let no_exp = json!({"iss": "crm", "aud": "realtime"});
+        assert_eq!(v.verify(&hs256(&no_exp)).unwrap_err(), Refusal::Malformed);
+
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good,
+            &EncodingKey::from_secret(b"another secret entirely"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&forged).unwrap_err(), Refusal::BadSignature);
+
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(good.to_string());
+        assert_eq!(
+            v.verify(&format!("{none_header}.{body}.")).unwrap_err(),
+            Refusal::AlgorithmNotAllowed
+        );
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &good,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs512).unwrap_err(), Refusal::AlgorithmNotAllowed);
+        assert_eq!(v.verify("garbage").unwrap_err(), Refusal::Malformed);
+    }
+
+    #[test]
+    fn messages_never_echo_the_credential() {
+        for r in [
+            Refusal::BadSignature,
+            Refusal::Malformed,
+            Refusal::UnknownKey,
+        ] {
+            assert!(r.to_string().starts_with("invalid token: "));
+        }
+    }
+}

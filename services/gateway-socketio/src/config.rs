@@ -1,0 +1,345 @@
+//! gateway-socketio configuration (beside the common sections). Every key is documented in
+//! `docs/gateway-socketio.md`.
+
+use serde::{Deserialize, Serialize};
+use service_runtime::{ConfigError, Validate};
+
+/// Everything specific to the Socket.IO gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `/admin`: JWT verification and subscription policy.
+    pub admin: AdminConfig,
+    /// `/provider`: Logto access tokens.
+    pub provider: ProviderConfig,
+    /// `/widget`: widget keys and the Discord request relay.
+    pub widget: WidgetConfig,
+    /// `/stat`: public counters.
+    pub stat: StatConfig,
+    /// Operator API (widget keys).
+    pub api: ApiConfig,
+    /// Engine.IO / Socket.IO transport settings.
+    pub socketio: SocketIoConfig,
+    /// Cluster-wide socket counts.
+    pub metrics: MetricsConfig,
+}
+
+/// The signature algorithm `/admin` tokens must use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAlgorithm {
+    /// HMAC-SHA256 with `admin.secret`.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 SHA-256 with the PEM keys of `admin.public_keys`.
+    RS256,
+    /// ECDSA P-256 SHA-256 with the PEM keys of `admin.public_keys`.
+    ES256,
+}
+
+/// `/admin` authentication and authorization.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// The only algorithm accepted; a token whose header names another is refused.
+    pub algorithm: AdminAlgorithm,
+    /// HS256 secret. Never logged.
+    pub secret: String,
+    /// RS256/ES256 public keys (PEM, SPKI or PKCS#1 for RSA); a token verifying with any is
+    /// accepted (rotation).
+    pub public_keys: Vec<String>,
+    /// Required `iss`, when not empty.
+    pub issuer: String,
+    /// Required member of `aud`, when not empty.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Claim listing what the token may subscribe to; empty = everything.
+    pub subscribe_claim: String,
+    /// Rooms one socket may be in through `subscribe`.
+    pub max_subscriptions: usize,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("algorithm", &self.algorithm)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "redacted"
+                },
+            )
+            .field("public_keys", &self.public_keys.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("subscribe_claim", &self.subscribe_claim)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .finish()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: AdminAlgorithm::HS256,
+            secret: String::new(),
+            public_keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 0,
+            subscribe_claim: String::new(),
+            max_subscriptions: 1000,
+        }
+    }
+}
+
+/// `/provider`: tokens issued by a Logto tenant (OIDC), checked against its JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    /// Issuer (`iss`), e.g. `https://tenant.logto.app/oidc`. Empty: `/provider` refuses all.
+    pub issuer: String,
+    /// JWKS endpoint; empty = `{issuer}/jwks`.
+    pub jwks_url: String,
+    /// API resource indicator the token must be issued for (`aud`).
+    pub audience: String,
+    /// Accepted algorithms (Logto signs with ES384 by default; RSA after a rotation).
+    pub algorithms: Vec<String>,
+    /// Seconds a fetched key set is used before it is fetched again.
+    pub jwks_cache_secs: u64,
+    /// Least seconds between two fetches triggered by unknown `kid`s.
+    pub jwks_min_refresh_secs: u64,
+    /// JWKS request timeout.
+    pub jwks_timeout_secs: u64,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            jwks_url: String::new(),
+            audience: String::new(),
+            algorithms: ["ES384", "ES256", "RS256", "RS384", "RS512"]
+                .map(str::to_owned)
+                .to_vec(),
+            jwks_cache_secs: 300,
+            jwks_min_refresh_secs: 10,
+            jwks_timeout_secs: 5,
+            leeway_secs: 0,
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The JWKS endpoint in effect.
+    pub fn jwks_endpoint(&self) -> String {
+        if self.jwks_url.is_empty() {
+            format!("{}/jwks", self.issuer.trim_end_matches('/'))
+        } else {
+            self.jwks_url.clone()
+        }
+    }
+}
+
+/// `/widget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WidgetConfig {
+    /// Seconds a widget key looked up in PostgreSQL is trusted before it is read again.
+    pub cache_secs: u64,
+    /// How long `discord:request-send` waits for the backend.
+    pub request_timeout_ms: u64,
+    /// Largest `discord:request-send` payload forwarded, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for WidgetConfig {
+    fn default() -> Self {
+        Self {
+            cache_secs: 10,
+            request_timeout_ms: 5000,
+            max_request_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `/stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatConfig {
+    /// New connections per client IP per minute; 0 = unlimited.
+    pub connections_per_minute: u32,
+    /// Use the first `X-Forwarded-For` address as the client IP (behind a trusted proxy only).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for StatConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_minute: 60,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// Operator API.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by `/api/*`. Empty: the API answers 401 to everyone.
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .finish()
+    }
+}
+
+/// Engine.IO / Socket.IO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SocketIoConfig {
+    /// Outgoing packets queued per socket before emits to it are dropped.
+    pub max_buffer: usize,
+    /// Engine.IO heartbeat interval.
+    pub ping_interval_secs: u64,
+    /// Engine.IO heartbeat timeout.
+    pub ping_timeout_secs: u64,
+    /// Largest incoming packet (bytes).
+    pub max_payload_bytes: u64,
+    /// Seconds a client has to join a namespace after the Engine.IO handshake.
+    pub connect_timeout_secs: u64,
+    /// WebSocket read buffer per connection (bytes); small keeps idle sockets cheap.
+    pub ws_read_buffer_bytes: usize,
+    /// Origins allowed cross-origin HTTP (long-polling) access; `*` for any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            max_buffer: 128,
+            ping_interval_secs: 25,
+            ping_timeout_secs: 20,
+            max_payload_bytes: 100_000,
+            connect_timeout_secs: 45,
+            ws_read_buffer_bytes: 1024,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Cluster-wide socket counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Seconds between two reports (and two `socket_metrics_updated`).
+    pub interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { interval_secs: 5 }
+    }
+}
+
+const PROVIDER_ALGORITHMS: [&str; 6] = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256"];
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.admin.algorithm {
+            AdminAlgorithm::HS256 if self.admin.secret.len() < 16 => {
+                return Err(ConfigError::new(
+                    "admin.secret",
+                    "HS256 needs a secret of at least 16 bytes",
+                ));
+            }
+            AdminAlgorithm::RS256 | AdminAlgorithm::ES256 if self.admin.public_keys.is_empty() => {
+                return Err(ConfigError::new(
+                    "admin.public_keys",
+                    "RS256/ES256 need at least one PEM public key",
+                ));
+            }
+            _ => {}
+        }
+        if self.admin.max_subscriptions == 0 {
+            return Err(ConfigError::new(
+                "admin.max_subscriptions",
+                "must be at least 1",
+            ));
+        }
+        if !self.provider.issuer.is_empty() {
+            if self.provider.audience.is_empty() {
+                return Err(ConfigError::new(
+                    "provider.audience",
+                    "required when provider.issuer is set (the API resource indicator)",
+                ));
+            }
+            if self.provider.algorithms.is_empty() {
+                return Err(ConfigError::new("provider.algorithms", "must not be empty"));
+            }
+            if let Some(bad) = self
+                .provider
+                .algorithms
+                .iter()
+                .find(|a| !PROVIDER_ALGORITHMS.contains(&a.as_str()))
+            {
+                return Err(ConfigError::new(
+                    "provider.algorithms",
+                    format!("unsupported algorithm {bad:?} (supported: {PROVIDER_ALGORITHMS:?})"),
+                ));
+            }
+            let url = self.provider.jwks_endpoint();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "provider.jwks_url",
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        for (key, value) in [
+            ("socketio.max_buffer", self.socketio.max_buffer as u64),
+            (
+                "socketio.ping_interval_secs",
+                self.socketio.ping_interval_secs,
+            ),
+            (
+                "socketio.ping_timeout_secs",
+                self.socketio.ping_timeout_secs,
+            ),
+            (
+                "socketio.max_payload_bytes",
+                self.socketio.max_payload_bytes,
+            ),
+            (
+                "socketio.connect_timeout_secs",
+                self.socketio.connect_timeout_secs,
+            ),
+            ("metrics.interval_secs", self.metrics.interval_secs),
+            ("widget.request_timeout_ms", self.widget.request_timeout_ms),
+            (
+                "provider.jwks_timeout_secs",
+                self.provider.jwks_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if self.socketio.ws_read_buffer_bytes < 256 {
+            return Err(ConfigError::new(
+                "socketio.ws_read_buffer_bytes",
+                "must be at least 256",
+            ));
+        }
+        Ok(())
+    }
+}
