@@ -309,6 +309,26 @@ fn unix_secs(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Milliseconds a fixed single-threaded integer loop takes (best of 3), measured right before a
+/// run: this machine is a VM whose speed drifts (the same run's CPU cost per delivery varied
+/// 2.5x over an afternoon), so figures are only comparable alongside this.
+fn calibrate() -> f64 {
+    (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for i in 0..50_000_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x = x.wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -338,6 +358,13 @@ fn summary_line(s: &Value) -> String {
         f("p99"),
         f("max")
     )
+}
+
+/// CPU (this process, nats-server, PostgreSQL) per delivery, in microseconds.
+fn cpu_per_delivery(cpu: &Value, deliveries: usize) -> f64 {
+    let g = |k: &str| cpu[k].as_f64().unwrap_or(0.0);
+    (g("this_process_cpu_secs") + g("nats_server_cpu_secs") + g("postgres_cpu_secs")) * 1e6
+        / deliveries.max(1) as f64
 }
 
 /// PostgreSQL figures per delivery, from the counters' deltas.
@@ -570,6 +597,7 @@ async fn throughput_run(
     say: Say,
 ) -> Value {
     let expected = events * options.subscriptions;
+    let calibration = calibrate();
     let mut stack = Stack::start(options).await;
     let payloads: Vec<(HeaderMap, Vec<u8>)> = (0..events)
         .map(|i| {
@@ -667,10 +695,15 @@ async fn throughput_run(
     say.line(format!(
         "webhook_attempts rows: {attempts} (expected {expected}); deliveries by status: {statuses}; verified: {verified}"
     ));
-    say.line(cpu_line);
+    say.line(format!(
+        "{cpu_line}; CPU per delivery {:.0} µs; reference loop {calibration:.0} ms",
+        cpu_per_delivery(&cpu, expected)
+    ));
     say.line(pg_line(&pg, expected));
 
     json!({
+        "calibration_ms": calibration,
+        "cpu_us_per_delivery": cpu_per_delivery(&cpu, expected),
         "deliveries": expected,
         "deliveries_per_sec": rate,
         "receiver_per_sec": receiver_rate,
@@ -757,6 +790,7 @@ async fn latency(
         options.subscriptions
     ));
     say.line(config_line(options));
+    let calibration = calibrate();
     let mut stack = Stack::start(options).await;
     let pg_before = pgstats::snapshot(&stack.observer).await;
     let cpu_before = procfs::snapshot(&pgstats::processes(&stack.observer).await);
@@ -901,11 +935,16 @@ async fn latency(
         "=> p99 {p99:.1} ms (target <= {P99_TARGET_MS:.0} ms, no missing events: {})",
         if met { "met" } else { "MISSED" }
     ));
-    say.line(cpu_line);
+    say.line(format!(
+        "{cpu_line}; CPU per delivery {:.0} µs; reference loop {calibration:.0} ms",
+        cpu_per_delivery(&cpu, expected)
+    ));
     say.line(pg_line(&pg, expected));
 
     json!({
         "scenario": "latency",
+        "calibration_ms": calibration,
+        "cpu_us_per_delivery": cpu_per_delivery(&cpu, expected),
         "rate": rate,
         "seconds": seconds,
         "events": total,
