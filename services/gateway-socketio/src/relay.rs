@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use time::OffsetDateTime;
@@ -263,13 +264,7 @@ async fn socket_metrics(
                 if last_sent.as_ref() == Some(&current) {
                     continue;
                 }
-                let (totals, instances) = &current;
-                let body = serde_json::json!({
-                    "namespaces": totals,
-                    "total": totals.values().sum::<i64>(),
-                    "instances": instances,
-                    "updated_at": events::envelope::timestamp::format(OffsetDateTime::now_utc()),
-                });
+                let body = metrics_body(&current.0, current.1, OffsetDateTime::now_utc());
                 *gateway
                     .cluster_counts
                     .lock()
@@ -283,6 +278,16 @@ async fn socket_metrics(
             }
         }
     }
+}
+
+/// The `socket_metrics_updated` payload.
+fn metrics_body(totals: &HashMap<String, i64>, instances: usize, at: OffsetDateTime) -> Value {
+    serde_json::json!({
+        "namespaces": totals,
+        "total": totals.values().sum::<i64>(),
+        "instances": instances,
+        "updated_at": events::envelope::timestamp::format(at),
+    })
 }
 
 /// Disconnects sockets whose token expired, after telling them why.
@@ -309,5 +314,47 @@ async fn expiry_sweeper(io: SocketIo, gateway: Arc<Gateway>, shutdown: Cancellat
             let _ = socket.disconnect();
             metrics::counter!("socketio_tokens_expired_total", "namespace" => ns).increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_matches_schema(name: &str, instance: &Value) {
+        let path = format!("{}/../../proto/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+        let raw: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&raw).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{instance}\n{errors:#?}");
+    }
+
+    #[test]
+    fn payloads_match_their_published_schemas() {
+        let totals: HashMap<String, i64> = NAMESPACES
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| ((*ns).to_owned(), i as i64))
+            .collect();
+        let body = metrics_body(&totals, 2, OffsetDateTime::now_utc());
+        assert_eq!(body["total"], 6);
+        assert_matches_schema("socketio-socket-metrics.schema.json", &body);
+
+        let report = Report {
+            instance: uuid::Uuid::now_v7().to_string(),
+            namespaces: totals,
+            at: OffsetDateTime::now_utc(),
+        };
+        assert_matches_schema(
+            "socket-report.schema.json",
+            &serde_json::to_value(&report).unwrap(),
+        );
+        assert_matches_schema(
+            "discord-request.schema.json",
+            &crate::sockets::discord_body("wk_abcdef", Some("https://a.example"), Value::Null),
+        );
     }
 }

@@ -415,6 +415,11 @@ async fn unsubscribe(
     reply(&s, ack, wants_ack, "unsubscribe:result", &body);
 }
 
+/// The `cmd.discord.request_send` request body.
+pub(crate) fn discord_body(key: &str, origin: Option<&str>, data: Value) -> Value {
+    json!({"widget_key": key, "origin": origin, "data": data})
+}
+
 fn discord_error(code: &str, message: &str) -> Value {
     json!({"ok": false, "error": {"code": code, "message": message}})
 }
@@ -430,12 +435,7 @@ async fn discord_request(
         return;
     };
     let timeout = Duration::from_millis(g.config.widget.request_timeout_ms);
-    let body = json!({
-        "widget_key": &*session.key,
-        "origin": session.origin.as_deref(),
-        "data": data,
-    })
-    .to_string();
+    let body = discord_body(&session.key, session.origin.as_deref(), data).to_string();
     let response = if body.len() > g.config.widget.max_request_bytes {
         discord_error("too_large", "request too large")
     } else if let Ok(_slot) = g.discord_slots.try_acquire() {
