@@ -430,7 +430,8 @@ impl ProviderVerifier {
             Some(set) if set.fetched_at.elapsed() < cache => set,
             stale => {
                 let seen = stale.as_ref().map(|s| s.fetched_at);
-                self.refresh(seen, Duration::ZERO)
+                // At most one fetch a second while the endpoint fails.
+                self.refresh(seen, Duration::from_secs(1))
                     .await
                     .ok_or(Refusal::Unavailable)?
             }

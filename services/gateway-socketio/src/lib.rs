@@ -11,6 +11,7 @@ mod sockets;
 pub mod widget;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -49,7 +50,7 @@ pub async fn run(
     if provider.is_none() {
         tracing::info!("provider.issuer is not set: /provider refuses every handshake");
     }
-    let ctx = ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
+    let mut ctx = ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
     let pool = ctx
         .db
         .clone()
@@ -75,7 +76,25 @@ pub async fn run(
         .build_svc();
     sockets::register(&io);
 
-    let mut relays = relay::spawn(io.clone(), state, ctx.nats.clone(), shutdown.clone());
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&subscribed);
+    ctx.readiness.add("relay", move || {
+        let up = flag.load(Ordering::Acquire);
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("not subscribed to events yet".to_owned())
+            }
+        }
+    });
+    let mut relays = relay::spawn(
+        io.clone(),
+        state,
+        ctx.nats.clone(),
+        subscribed,
+        shutdown.clone(),
+    );
 
     {
         let (io, token) = (io.clone(), shutdown.clone());

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -24,14 +25,21 @@ pub const DISCORD_SUBJECT: &str = "cmd.discord.request_send";
 pub const METRICS_SUBJECT: &str = "rt.metrics.sockets";
 
 /// Starts every relay; they stop on `shutdown`.
+/// `subscribed` turns true once the domain-event subscription is in place.
 pub fn spawn(
     io: SocketIo,
     gateway: Arc<Gateway>,
     nats: async_nats::Client,
+    subscribed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
-    set.spawn(domain_events(io.clone(), nats.clone(), shutdown.clone()));
+    set.spawn(domain_events(
+        io.clone(),
+        nats.clone(),
+        subscribed,
+        shutdown.clone(),
+    ));
     set.spawn(widget_pushes(io.clone(), nats.clone(), shutdown.clone()));
     set.spawn(deactivations(
         io.clone(),
@@ -68,10 +76,16 @@ async fn subscribe(
     }
 }
 
-async fn domain_events(io: SocketIo, nats: async_nats::Client, shutdown: CancellationToken) {
+async fn domain_events(
+    io: SocketIo,
+    nats: async_nats::Client,
+    subscribed: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let Some(mut sub) = subscribe(&nats, events::subject::ALL_EVENTS, &shutdown).await else {
         return;
     };
+    subscribed.store(true, Ordering::Release);
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,11 @@ async fn admin_handshake(
     let token = token(auth).ok_or_else(|| refused("admin", Refusal::MissingToken))?;
     let principal = g.admin.verify(&token).map_err(|r| refused("admin", r))?;
     s.extensions.insert(principal);
+    // Handlers are registered here, before the CONNECT packet is sent: the connect handler
+    // runs later in its own task, and a client may emit as soon as it is connected (the seed
+    // does, right after io()).
+    s.on("subscribe", subscribe);
+    s.on("unsubscribe", unsubscribe);
     Ok(())
 }
 
@@ -237,10 +242,13 @@ async fn widget_handshake(
         .authorize(&key, origin.as_deref())
         .await
         .map_err(|r| refused("widget", r))?;
+    s.join(widget_room(&widget.key));
     s.extensions.insert(WidgetSession {
         key: Arc::from(widget.key),
         origin: origin.map(Arc::from),
     });
+    // Before the CONNECT packet, like /admin's handlers.
+    s.on("discord:request-send", discord_request);
     Ok(())
 }
 
@@ -270,7 +278,10 @@ async fn stat_handshake(s: SocketRef, State(g): Shared) -> Result<(), Refusal> {
     }
 }
 
-/// Schedules the disconnect at the token's `exp` and the count bookkeeping.
+/// Counts the socket and schedules its disconnect at the token's `exp`, undone exactly once
+/// when it leaves. The connect handler runs in a task spawned after the CONNECT packet went out,
+/// so the socket may already be gone: then the disconnect handler was never called, and the
+/// bookkeeping is undone here.
 fn track(s: &SocketRef, g: &Arc<Gateway>, ns: usize) {
     g.connected(ns);
     let name = NAMESPACES[ns];
@@ -278,15 +289,26 @@ fn track(s: &SocketRef, g: &Arc<Gateway>, ns: usize) {
     if let Some(exp) = exp {
         g.expire_at(exp, s.id, name);
     }
-    s.on_disconnect(
-        move |s: SocketRef, State(g): Shared, reason: DisconnectReason| async move {
-            g.disconnected(ns);
-            if let Some(exp) = exp {
-                g.forget_expiry(exp, s.id, name);
+    let counted = Arc::new(AtomicBool::new(true));
+    let undo = {
+        let (g, counted, sid) = (Arc::clone(g), Arc::clone(&counted), s.id);
+        move || {
+            if counted.swap(false, Ordering::AcqRel) {
+                g.disconnected(ns);
+                if let Some(exp) = exp {
+                    g.forget_expiry(exp, sid, name);
+                }
             }
-            tracing::trace!(namespace = name, ?reason, "socket disconnected");
-        },
-    );
+        }
+    };
+    let on_leave = undo.clone();
+    s.on_disconnect(move |reason: DisconnectReason| async move {
+        on_leave();
+        tracing::trace!(namespace = name, ?reason, "socket disconnected");
+    });
+    if !s.connected() {
+        undo();
+    }
 }
 
 async fn on_admin(s: SocketRef, State(g): Shared) {
@@ -299,8 +321,6 @@ async fn on_admin(s: SocketRef, State(g): Shared) {
     if let Some(counts) = counts {
         let _ = s.emit("socket_metrics_updated", &*counts);
     }
-    s.on("subscribe", subscribe);
-    s.on("unsubscribe", unsubscribe);
 }
 
 async fn on_provider(s: SocketRef, State(g): Shared) {
@@ -309,10 +329,6 @@ async fn on_provider(s: SocketRef, State(g): Shared) {
 
 async fn on_widget(s: SocketRef, State(g): Shared) {
     track(&s, &g, 2);
-    if let Some(session) = s.extensions.get::<WidgetSession>() {
-        s.join(widget_room(&session.key));
-    }
-    s.on("discord:request-send", discord_request);
 }
 
 async fn on_stat(s: SocketRef, State(g): Shared) {
