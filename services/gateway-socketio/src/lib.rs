@@ -117,13 +117,57 @@ pub async fn run(
                 .collect::<Vec<[u8; 32]>>(),
         ),
     });
-    let mut engine = Router::new().route_service("/socket.io/", svc);
+    let mut engine = Router::new()
+        .route_service("/socket.io/", svc)
+        .layer(axum::middleware::map_request(detach_request));
     if let Some(cors) = cors(&service.socketio.cors_origins)? {
         engine = engine.layer(cors);
     }
     let served = ctx.serve(listener, api.merge(engine)).await;
     relays.abort_all();
     served
+}
+
+/// Request headers a socket may need after its handshake: the WebSocket upgrade, the body's
+/// framing for long-polling, and what the namespaces read (`Origin`, `X-Forwarded-For`).
+const KEPT_HEADERS: [header::HeaderName; 12] = [
+    header::HOST,
+    header::ORIGIN,
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Gives the Engine.IO layer a request that owns its URI and headers. hyper parses a request
+/// head as slices of the connection's read buffer, and engineioxide keeps every socket's request
+/// parts for the socket's lifetime, which pinned that whole buffer (~16 KB) per connection.
+/// Copying the few values a socket needs frees it when the HTTP connection ends (upgrade).
+async fn detach_request(request: axum::extract::Request) -> axum::extract::Request {
+    let (parts, body) = request.into_parts();
+    let mut owned = axum::http::Request::new(body);
+    *owned.method_mut() = parts.method;
+    *owned.version_mut() = parts.version;
+    // Parsing from a `&str` copies into a fresh allocation.
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        *owned.uri_mut() = uri;
+    }
+    let headers = owned.headers_mut();
+    for name in &KEPT_HEADERS {
+        for value in parts.headers.get_all(name) {
+            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(name.clone(), value);
+            }
+        }
+    }
+    *owned.extensions_mut() = parts.extensions;
+    owned
 }
 
 fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
