@@ -50,7 +50,8 @@ pub async fn run(
     if provider.is_none() {
         tracing::info!("provider.issuer is not set: /provider refuses every handshake");
     }
-    let mut ctx = ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
+    let mut ctx =
+        ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
     let pool = ctx
         .db
         .clone()
