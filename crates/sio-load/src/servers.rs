@@ -1,0 +1,326 @@
+//! The servers under test: the release `gateway-socketio` (with a fresh PostgreSQL database)
+//! and the Node `socket.io` baseline (`node/server.mjs`), both on the same private NATS server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use test_support::{ServiceProcess, TestDatabase};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Which implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `target/release/gateway-socketio`.
+    Rust,
+    /// `node node/server.mjs` (socket.io 4.8).
+    Node,
+}
+
+impl Kind {
+    /// `rust` / `node`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rust => "rust",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// How the servers are started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The release gateway binary.
+    pub gateway_bin: PathBuf,
+    /// Directory of `server.mjs` and `package.json`.
+    pub node_dir: PathBuf,
+    /// The `node` executable.
+    pub node_bin: String,
+    /// HS256 secret both servers verify tokens with.
+    pub secret: String,
+    /// `nats://...` of the shared server.
+    pub nats_url: String,
+    /// More environment for the gateway (`KEY=VALUE`).
+    pub gateway_env: Vec<(String, String)>,
+    /// More environment for node (`KEY=VALUE`).
+    pub node_env: Vec<(String, String)>,
+}
+
+/// Settings both servers get for one test (`None`: their defaults).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// The gateway's per-socket queue (`socketio.max_buffer`; Node's is unbounded).
+    pub max_buffer: Option<usize>,
+    /// Engine.IO ping timeout of both servers.
+    pub ping_timeout_secs: Option<u64>,
+    /// How long both servers wait for a namespace join after the Engine.IO handshake.
+    pub connect_timeout_secs: Option<u64>,
+}
+
+enum Process {
+    Rust {
+        service: ServiceProcess,
+        // Dropped after the service (field order): the database is removed once the gateway is
+        // gone.
+        _database: TestDatabase,
+    },
+    Node(Child),
+}
+
+/// A running server; stopped (and its database dropped) when dropped.
+pub struct Server {
+    /// Which implementation.
+    pub kind: Kind,
+    /// Its process id (RSS and CPU are read from `/proc/<pid>`).
+    pub pid: u32,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    process: Process,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("kind", &self.kind)
+            .field("pid", &self.pid)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Starts `kind` with `tuning` and waits until `/readyz` answers 200.
+    pub async fn start(kind: Kind, launch: &Launch, tuning: Tuning) -> anyhow::Result<Self> {
+        let server = match kind {
+            Kind::Rust => start_rust(launch, tuning).await?,
+            Kind::Node => start_node(launch, tuning).await?,
+        };
+        let client = test_support::http_client();
+        let url = format!("http://{}/readyz", server.addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while test_support::http_status(&client, &url).await != Some(200) {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} server not ready in 60 s{}",
+                    kind.name(),
+                    server
+                        .logs()
+                        .map(|l| format!("; logs:\n{l}"))
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(server)
+    }
+
+    /// `ws://<addr>`.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The gateway's Prometheus text (empty for node).
+    pub async fn metrics(&self) -> String {
+        if self.kind != Kind::Rust {
+            return String::new();
+        }
+        match test_support::http_client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The gateway's log so far.
+    pub fn logs(&self) -> Option<String> {
+        match &self.process {
+            Process::Rust { service, .. } => Some(service.logs()),
+            Process::Node(_) => None,
+        }
+    }
+
+    /// Stops the process and waits for it.
+    pub async fn stop(self) {
+        match self.process {
+            Process::Rust { service, _database } => {
+                tokio::task::spawn_blocking(move || {
+                    drop(service);
+                    drop(_database);
+                })
+                .await
+                .ok();
+            }
+            Process::Node(mut child) => {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn start_rust(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
+    if !launch.gateway_bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p gateway-socketio -p sio-load` \
+             or pass --gateway-bin",
+            launch.gateway_bin.display()
+        );
+    }
+    let database = TestDatabase::create().await;
+    let mut env: Vec<(String, String)> = vec![
+        ("GATEWAY_SOCKETIO_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+        ("GATEWAY_SOCKETIO_NATS__URL".into(), launch.nats_url.clone()),
+        (
+            "GATEWAY_SOCKETIO_DATABASE__URL".into(),
+            database.url().to_owned(),
+        ),
+        ("GATEWAY_SOCKETIO_ADMIN__ALGORITHM".into(), "HS256".into()),
+        (
+            "GATEWAY_SOCKETIO_ADMIN__SECRET".into(),
+            launch.secret.clone(),
+        ),
+        ("GATEWAY_SOCKETIO_LOG__FORMAT".into(), "json".into()),
+    ];
+    if let Some(n) = tuning.max_buffer {
+        env.push((
+            "GATEWAY_SOCKETIO_SOCKETIO__MAX_BUFFER".into(),
+            n.to_string(),
+        ));
+    }
+    if let Some(secs) = tuning.ping_timeout_secs {
+        env.push((
+            "GATEWAY_SOCKETIO_SOCKETIO__PING_TIMEOUT_SECS".into(),
+            secs.to_string(),
+        ));
+    }
+    if let Some(secs) = tuning.connect_timeout_secs {
+        env.push((
+            "GATEWAY_SOCKETIO_SOCKETIO__CONNECT_TIMEOUT_SECS".into(),
+            secs.to_string(),
+        ));
+    }
+    env.extend(launch.gateway_env.iter().cloned());
+    let bin = launch.gateway_bin.to_string_lossy().into_owned();
+    let service = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        ServiceProcess::spawn(&bin, &[], &env)
+    })
+    .await
+    .context("the gateway did not start (see the panic above)")?;
+    Ok(Server {
+        kind: Kind::Rust,
+        pid: service.pid(),
+        addr: service.addr(),
+        process: Process::Rust {
+            service,
+            _database: database,
+        },
+    })
+}
+
+/// Runs `npm ci` in `dir` when its `node_modules` is missing.
+async fn ensure_node_modules(dir: &Path) -> anyhow::Result<()> {
+    if dir.join("node_modules/socket.io/package.json").exists()
+        && dir.join("node_modules/nats/package.json").exists()
+    {
+        return Ok(());
+    }
+    eprintln!("node: running `npm ci` in {}", dir.display());
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running npm ci (is npm installed?)")?;
+    if !status.success() {
+        bail!("npm ci in {} failed: {status}", dir.display());
+    }
+    Ok(())
+}
+
+async fn start_node(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
+    ensure_node_modules(&launch.node_dir).await?;
+    let mut command = Command::new(&launch.node_bin);
+    if let Some(secs) = tuning.ping_timeout_secs {
+        command.env("PING_TIMEOUT_MS", (secs * 1000).to_string());
+    }
+    if let Some(secs) = tuning.connect_timeout_secs {
+        command.env("CONNECT_TIMEOUT_MS", (secs * 1000).to_string());
+    }
+    let mut child = command
+        .arg("server.mjs")
+        .current_dir(&launch.node_dir)
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("NATS_URL", &launch.nats_url)
+        .env("JWT_SECRET", &launch.secret)
+        .envs(
+            launch
+                .node_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {} (is node installed?)", launch.node_bin))?;
+    let pid = child.id().context("node exited at once")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("node did not print its port within 30 s")??
+        .context("node exited before printing its port")?;
+    let port = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["listening"].as_u64())
+        .with_context(|| format!("unexpected first line from node: {line}"))?;
+    // Keep reading stdout so node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Server {
+        kind: Kind::Node,
+        pid,
+        addr: SocketAddr::from(([127, 0, 0, 1], port as u16)),
+        process: Process::Node(child),
+    })
+}
+
+/// Sum of the samples of `name` whose labels contain `label` (`""` for any), from Prometheus
+/// text.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let bare = series.split('{').next()?;
+            (bare == name && series.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_matching_series() {
+        let text = "# TYPE socketio_connections gauge\n\
+                    socketio_connections{namespace=\"admin\"} 10\n\
+                    socketio_connections{namespace=\"stat\"} 2\n\
+                    socketio_emits_dropped_total 3\n";
+        assert_eq!(metric(text, "socketio_connections", ""), 12.0);
+        assert_eq!(
+            metric(text, "socketio_connections", "namespace=\"admin\""),
+            10.0
+        );
+        assert_eq!(metric(text, "socketio_emits_dropped_total", ""), 3.0);
+        assert_eq!(metric(text, "missing", ""), 0.0);
+    }
+}
