@@ -226,7 +226,7 @@ pub struct SocketIoConfig {
 impl Default for SocketIoConfig {
     fn default() -> Self {
         Self {
-            max_buffer: 128,
+            max_buffer: 1024,
             ping_interval_secs: 25,
             ping_timeout_secs: 20,
             max_payload_bytes: 100_000,
