@@ -21,7 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod client;
-mod procfs;
+use test_support::procfs;
 mod servers;
 
 use std::path::PathBuf;

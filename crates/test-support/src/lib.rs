@@ -9,6 +9,7 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
 pub mod lifecycle;
+pub mod procfs;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@
 
 mod baseline;
 mod client;
-mod procfs;
+use test_support::procfs;
 mod stack;
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! What `/proc` says about a process: resident memory and CPU time (as in `ws-load`).
+//! What `/proc` says about a process: resident memory and CPU time, for the load tools.
 
 use std::time::Duration;
 
