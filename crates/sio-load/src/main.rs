@@ -224,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     drop(nats);
-    report["machine"] = machine();
+    report["machine"] = procfs::machine();
     report["node_version"] = json!(node_version(&cli.node_bin).await);
     println!("{}", human(&report));
     println!("{report}");
@@ -653,40 +653,6 @@ async fn node_version(node: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    json!({
-        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "cpu_model": cpu,
-        "mem_bytes": mem_kib * 1024,
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-    })
-}
-
-fn kib(v: &Value) -> String {
-    v.as_u64()
-        .map_or_else(|| "-".to_owned(), |b| format!("{} KiB", b / 1024))
-}
-
 fn num(v: &Value, digits: usize) -> String {
     v.as_f64()
         .map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
@@ -727,11 +693,11 @@ fn human(r: &Value) -> String {
                  after close {} (peak {}, {} threads)",
                 s["connections_open"],
                 s["connect_seconds"].as_f64().unwrap_or(0.0),
-                kib(&s["rss_before_bytes"]),
-                kib(&s["rss_connected_bytes"]),
-                kib(&s["subscribed"]["rss_bytes"]),
-                kib(&s["rss_after_close_bytes"]),
-                kib(&s["vm_hwm_bytes"]),
+                procfs::kib(&s["rss_before_bytes"]),
+                procfs::kib(&s["rss_connected_bytes"]),
+                procfs::kib(&s["subscribed"]["rss_bytes"]),
+                procfs::kib(&s["rss_after_close_bytes"]),
+                procfs::kib(&s["vm_hwm_bytes"]),
                 s["threads"],
             ));
             lines.push(format!(
@@ -739,7 +705,7 @@ fn human(r: &Value) -> String {
                  process RSS {}",
                 num(&s["bytes_per_connection_connected"], 0),
                 num(&s["subscribed"]["bytes_per_connection"], 0),
-                kib(&s["client_rss_bytes"]),
+                procfs::kib(&s["client_rss_bytes"]),
             ));
         }
         lines.push(format!(

@@ -195,6 +195,42 @@ pub async fn stable_rss(pid: u32, limit: Duration) -> u64 {
     }
 }
 
+/// The machine a measurement ran on: CPUs, CPU model, memory, kernel.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": cpu,
+        "mem_bytes": mem_kib * 1024,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// A byte count as whole KiB, `-` when absent.
+pub fn kib(v: &serde_json::Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_owned(), |b| format!("{} KiB", b / 1024))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,7 +191,7 @@ async fn main() {
         }
         Command::ServeBaseline { .. } => return,
     };
-    report["machine"] = machine();
+    report["machine"] = procfs::machine();
     let text = human(&report);
     if cli.json {
         eprintln!("{text}");
@@ -626,40 +626,6 @@ async fn fanout_baseline(
     })
 }
 
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    json!({
-        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "cpu_model": cpu,
-        "mem_bytes": mem_kib * 1024,
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-    })
-}
-
-fn kib(v: &Value) -> String {
-    v.as_u64()
-        .map_or_else(|| "-".to_owned(), |b| format!("{} KiB", b / 1024))
-}
-
 fn human(r: &Value) -> String {
     let mut lines = Vec::new();
     let m = &r["machine"];
@@ -681,11 +647,11 @@ fn human(r: &Value) -> String {
         lines.push(format!(
             "  gateway RSS: before {}, connected {}, connected+subscribed {}, after close {} \
              (peak {}, {} threads)",
-            kib(&r["rss_before_bytes"]),
-            kib(&r["rss_connected_bytes"]),
-            kib(&r["subscribed"]["rss_bytes"]),
-            kib(&r["rss_after_close_bytes"]),
-            kib(&r["gateway_vm_hwm_bytes"]),
+            procfs::kib(&r["rss_before_bytes"]),
+            procfs::kib(&r["rss_connected_bytes"]),
+            procfs::kib(&r["subscribed"]["rss_bytes"]),
+            procfs::kib(&r["rss_after_close_bytes"]),
+            procfs::kib(&r["gateway_vm_hwm_bytes"]),
             r["gateway_threads"]
         ));
         lines.push(format!(
@@ -704,7 +670,7 @@ fn human(r: &Value) -> String {
         ));
         lines.push(format!(
             "  client process RSS: {}",
-            kib(&r["client_rss_bytes"])
+            procfs::kib(&r["client_rss_bytes"])
         ));
     } else {
         lines.push(format!(

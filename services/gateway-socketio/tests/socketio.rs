@@ -293,11 +293,7 @@ async fn admin_socket_is_disconnected_when_its_token_expires() {
         Connect::to(&gw, "/admin").token(&admin_token(json!({"exp": exp}))),
     )
     .await;
-    d.connect_ok(
-        "long",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("long", &gw).await;
 
     let expired = d.next_pushed("short", "auth:expired", |_| true).await;
     let received_at = SystemTime::now()
@@ -329,8 +325,7 @@ async fn admin_socket_is_disconnected_when_its_token_expires() {
     // The other socket is untouched.
     assert!(d.is_connected("long").await);
     assert_eq!(
-        d.emit_ack("long", "subscribe", json!([{"domains": ["orders"]}]))
-            .await,
+        d.subscribe("long", json!({"domains": ["orders"]})).await,
         json!({"subscribed": ["domain:orders"], "refused": []})
     );
     assert_eq!(d.count("long", "auth:expired", |_| true), 0);
@@ -547,11 +542,7 @@ async fn provider_without_configuration_refuses_every_handshake() {
         "provider authentication is not configured"
     );
     // /admin is unaffected.
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1019,17 +1010,9 @@ async fn stat_connects_without_auth_and_limits_new_connections_per_address() {
 async fn seed_example_entity_subscription_relays_only_those_entities() {
     let (nats, _db, gw) = admin_gateway(&[]).await;
     let d = Driver::start().await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     let ack = d
-        .emit_ack(
-            "a",
-            "subscribe",
-            json!([{"entities": {"orders": [101], "deals": [555]}}]),
-        )
+        .subscribe("a", json!({"entities": {"orders": [101], "deals": [555]}}))
         .await;
     assert_eq!(
         set(&ack["subscribed"]),
@@ -1089,8 +1072,7 @@ async fn seed_example_entity_subscription_relays_only_those_entities() {
 
     // In two matching rooms (entity and domain), an event still arrives once.
     assert_eq!(
-        d.emit_ack("a", "subscribe", json!([{"domains": ["orders"]}]))
-            .await,
+        d.subscribe("a", json!({"domains": ["orders"]})).await,
         json!({"subscribed": ["domain:orders"], "refused": []})
     );
     let twice = order_status_changed(101);
@@ -1186,18 +1168,15 @@ async fn domain_event_log_and_channel_subscriptions() {
         .await;
     }
     assert_eq!(
-        d.emit_ack("orders", "subscribe", json!([{"domains": ["orders"]}]))
-            .await,
+        d.subscribe("orders", json!({"domains": ["orders"]})).await,
         json!({"subscribed": ["domain:orders"], "refused": []})
     );
     assert_eq!(
-        d.emit_ack("log", "subscribe", json!([{"domains": ["event_log"]}]))
-            .await,
+        d.subscribe("log", json!({"domains": ["event_log"]})).await,
         json!({"subscribed": ["domain:event_log"], "refused": []})
     );
     assert_eq!(
-        d.emit_ack("feed", "subscribe", json!([{"channels": ["ops_feed"]}]))
-            .await,
+        d.subscribe("feed", json!({"channels": ["ops_feed"]})).await,
         json!({"subscribed": ["channel:ops_feed"], "refused": []})
     );
     let p = publisher(&nats).await;
@@ -1272,17 +1251,9 @@ async fn domain_event_log_and_channel_subscriptions() {
 async fn unsubscribe_stops_delivery() {
     let (nats, _db, gw) = admin_gateway(&[]).await;
     let d = Driver::start().await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     let ack = d
-        .emit_ack(
-            "a",
-            "subscribe",
-            json!([{"entities": {"orders": [101, 999]}}]),
-        )
+        .subscribe("a", json!({"entities": {"orders": [101, 999]}}))
         .await;
     assert_eq!(
         set(&ack["subscribed"]),
@@ -1316,11 +1287,7 @@ async fn unsubscribe_stops_delivery() {
 async fn subscribe_without_an_ack_callback_emits_the_result() {
     let (_nats, _db, gw) = admin_gateway(&[]).await;
     let d = Driver::start().await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     d.emit("a", "subscribe", json!([{"entities": {"orders": [7]}}]))
         .await;
     assert_eq!(
@@ -1334,8 +1301,7 @@ async fn subscribe_without_an_ack_callback_emits_the_result() {
         json!({"subscribed": ["entity:orders:7"], "refused": []})
     );
     // With an ack callback, nothing is emitted besides the ack.
-    d.emit_ack("a", "subscribe", json!([{"domains": ["deals"]}]))
-        .await;
+    d.subscribe("a", json!({"domains": ["deals"]})).await;
     d.emit("a", "subscribe", json!([{"domains": ["payouts"]}]))
         .await;
     assert_eq!(
@@ -1349,11 +1315,7 @@ async fn subscribe_without_an_ack_callback_emits_the_result() {
 async fn malformed_and_unknown_subscriptions_are_refused_and_the_socket_stays_usable() {
     let (nats, _db, gw) = admin_gateway(&[]).await;
     let d = Driver::start().await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     for (what, payload) in [
         ("a string", json!("orders")),
         ("ids not a list", json!({"entities": {"orders": "x"}})),
@@ -1361,16 +1323,14 @@ async fn malformed_and_unknown_subscriptions_are_refused_and_the_socket_stays_us
         ("domains not a list", json!({"domains": "orders"})),
         ("a number", json!(42)),
     ] {
-        let reply = d.emit_ack("a", "subscribe", json!([payload])).await;
+        let reply = d.subscribe("a", json!(payload)).await;
         assert_payload_refused(&reply, what);
     }
     // Malformed without an ack callback: the refusal is emitted.
     d.emit("a", "subscribe", json!(["orders"])).await;
     assert_payload_refused(&d.next_event("a", "subscribe:result").await, "emitted");
 
-    let reply = d
-        .emit_ack("a", "subscribe", json!([{"domains": ["widgets"]}]))
-        .await;
+    let reply = d.subscribe("a", json!({"domains": ["widgets"]})).await;
     assert_refused_one(&reply, "unknown domain", "unknown domain");
     assert!(
         reply["refused"][0]["target"]
@@ -1379,28 +1339,21 @@ async fn malformed_and_unknown_subscriptions_are_refused_and_the_socket_stays_us
         "{reply}"
     );
     let reply = d
-        .emit_ack("a", "subscribe", json!([{"entities": {"gadgets": [1]}}]))
+        .subscribe("a", json!({"entities": {"gadgets": [1]}}))
         .await;
     assert_refused_one(&reply, "unknown domain", "unknown entity domain");
     let reply = d
-        .emit_ack(
-            "a",
-            "subscribe",
-            json!([{"entities": {"orders": ["not a valid id!"]}}]),
-        )
+        .subscribe("a", json!({"entities": {"orders": ["not a valid id!"]}}))
         .await;
     assert_refused_one(&reply, "invalid id", "invalid id");
-    let reply = d
-        .emit_ack("a", "subscribe", json!([{"channels": ["ops feed!"]}]))
-        .await;
+    let reply = d.subscribe("a", json!({"channels": ["ops feed!"]})).await;
     assert_refused_one(&reply, "invalid channel", "invalid channel");
 
     // Targets are refused one by one; the valid ones are joined.
     let reply = d
-        .emit_ack(
+        .subscribe(
             "a",
-            "subscribe",
-            json!([{"entities": {"orders": [101]}, "domains": ["widgets"]}]),
+            json!({"entities": {"orders": [101]}, "domains": ["widgets"]}),
         )
         .await;
     assert_eq!(reply["subscribed"], json!(["entity:orders:101"]), "{reply}");
@@ -1430,10 +1383,9 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
     };
     connect("orders", json!(["orders"])).await;
     let reply = d
-        .emit_ack(
+        .subscribe(
             "orders",
-            "subscribe",
-            json!([{"entities": {"orders": [101], "deals": [555]}}]),
+            json!({"entities": {"orders": [101], "deals": [555]}}),
         )
         .await;
     assert_eq!(
@@ -1442,18 +1394,15 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
         "the contract's example"
     );
     assert_schema("socketio-admin-subscribe-ack.schema.json", &reply);
-    let reply = d
-        .emit_ack("orders", "subscribe", json!([{"domains": ["deals"]}]))
-        .await;
+    let reply = d.subscribe("orders", json!({"domains": ["deals"]})).await;
     assert_eq!(
         reply,
         json!({"subscribed": [], "refused": [{"target": "domain:deals", "reason": "forbidden"}]})
     );
     let reply = d
-        .emit_ack(
+        .subscribe(
             "orders",
-            "subscribe",
-            json!([{"domains": ["orders"], "channels": ["ops_feed"]}]),
+            json!({"domains": ["orders"], "channels": ["ops_feed"]}),
         )
         .await;
     assert_eq!(reply["subscribed"], json!(["domain:orders"]), "{reply}");
@@ -1465,10 +1414,9 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
     // A space-separated string claim.
     connect("spaced", json!("deals channel:*")).await;
     let reply = d
-        .emit_ack(
+        .subscribe(
             "spaced",
-            "subscribe",
-            json!([{"entities": {"deals": [1]}, "channels": ["ops_feed"], "domains": ["orders"]}]),
+            json!({"entities": {"deals": [1]}, "channels": ["ops_feed"], "domains": ["orders"]}),
         )
         .await;
     assert_eq!(
@@ -1484,10 +1432,9 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
     // `*`: everything.
     connect("star", json!(["*"])).await;
     let reply = d
-        .emit_ack(
+        .subscribe(
             "star",
-            "subscribe",
-            json!([{"domains": ["deals", "event_log"], "channels": ["ops_feed"]}]),
+            json!({"domains": ["deals", "event_log"], "channels": ["ops_feed"]}),
         )
         .await;
     assert_eq!(
@@ -1497,13 +1444,9 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
     assert_eq!(reply["refused"], json!([]));
 
     // Without the claim: nothing.
-    d.connect_ok(
-        "none",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("none", &gw).await;
     let reply = d
-        .emit_ack("none", "subscribe", json!([{"entities": {"orders": [1]}}]))
+        .subscribe("none", json!({"entities": {"orders": [1]}}))
         .await;
     assert_eq!(
         reply,
@@ -1515,17 +1458,13 @@ async fn subscribe_claim_limits_what_a_token_may_subscribe_to() {
 async fn max_subscriptions_limits_the_rooms_of_one_socket() {
     let (_nats, _db, gw) = admin_gateway(&[("ADMIN__MAX_SUBSCRIPTIONS", "3".to_owned())]).await;
     let d = Driver::start().await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     let reply = d
-        .emit_ack("a", "subscribe", json!([{"entities": {"orders": [1, 2]}}]))
+        .subscribe("a", json!({"entities": {"orders": [1, 2]}}))
         .await;
     assert_eq!(set(&reply["subscribed"]).len(), 2, "{reply}");
     let reply = d
-        .emit_ack("a", "subscribe", json!([{"domains": ["orders", "deals"]}]))
+        .subscribe("a", json!({"domains": ["orders", "deals"]}))
         .await;
     assert_eq!(reply["subscribed"].as_array().unwrap().len(), 1, "{reply}");
     let refused = reply["refused"].as_array().unwrap();
@@ -1534,9 +1473,7 @@ async fn max_subscriptions_limits_the_rooms_of_one_socket() {
     // Leaving a room makes space again.
     d.emit_ack("a", "unsubscribe", json!([{"entities": {"orders": [1]}}]))
         .await;
-    let reply = d
-        .emit_ack("a", "subscribe", json!([{"entities": {"orders": [3]}}]))
-        .await;
+    let reply = d.subscribe("a", json!({"entities": {"orders": [3]}})).await;
     assert_eq!(
         reply,
         json!({"subscribed": ["entity:orders:3"], "refused": []})
@@ -1622,12 +1559,8 @@ async fn long_polling_transport_round_trip() {
         .await;
     assert_eq!(connected.transport, "polling");
     assert_eq!(
-        d.emit_ack(
-            "poll",
-            "subscribe",
-            json!([{"entities": {"orders": [101]}}])
-        )
-        .await,
+        d.subscribe("poll", json!({"entities": {"orders": [101]}}))
+            .await,
         json!({"subscribed": ["entity:orders:101"], "refused": []})
     );
     let p = publisher(&nats).await;
@@ -1649,11 +1582,7 @@ async fn socket_metrics_updated_reaches_admin_sockets() {
     let (_nats, _db, gw) = admin_gateway(&[("METRICS__INTERVAL_SECS", "1".to_owned())]).await;
     let d = Driver::start().await;
     d.connect_ok("stat", Connect::to(&gw, "/stat")).await;
-    d.connect_ok(
-        "a",
-        Connect::to(&gw, "/admin").token(&admin_token(json!({}))),
-    )
-    .await;
+    d.connect_admin("a", &gw).await;
     let metrics = d
         .next_matching("a", "socket_metrics_updated", |v| {
             v["namespaces"]["admin"].as_i64() >= Some(1)

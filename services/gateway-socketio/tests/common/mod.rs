@@ -373,6 +373,20 @@ impl Driver {
         }
     }
 
+    /// Connects `name` to `/admin` of `gateway` with a valid token.
+    pub async fn connect_admin(&self, name: &str, gateway: &Gateway) -> Connected {
+        self.connect_ok(
+            name,
+            Connect::to(gateway, "/admin").token(&admin_token(json!({}))),
+        )
+        .await
+    }
+
+    /// `subscribe` with an ack callback on `conn`; returns the reply.
+    pub async fn subscribe(&self, conn: &str, payload: Value) -> Value {
+        self.emit_ack(conn, "subscribe", json!([payload])).await
+    }
+
     /// Tries connection `name` and returns the `connect_error` message; panics when accepted.
     pub async fn connect_err(&self, name: &str, options: Connect) -> String {
         match self.connect(name, options).await {
