@@ -1608,3 +1608,79 @@ async fn socket_metrics_updated_reaches_admin_sockets() {
     )
     .unwrap_or_else(|e| panic!("updated_at is RFC 3339: {metrics}: {e}"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown and CORS
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_not_ready_and_disconnects_every_socket() {
+    let (_nats, _db, gw) = admin_gateway(&[]).await;
+    let d = Driver::start().await;
+    d.connect_admin("ws", &gw).await;
+    d.connect_ok(
+        "poll",
+        Connect::to(&gw, "/admin")
+            .token(&admin_token(json!({})))
+            .transports(&["polling"]),
+    )
+    .await;
+    d.connect_ok("stat", Connect::to(&gw, "/stat")).await;
+
+    gw.shutdown.cancel();
+    for conn in ["ws", "poll", "stat"] {
+        let gone = d.next_pushed(conn, "disconnect", |_| true).await;
+        // The transport is closed (not a Socket.IO-level disconnect): socket.io-client
+        // reconnects by itself on this reason, to whichever instance takes it.
+        assert_eq!(gone.first(), "transport close", "{conn}");
+    }
+    let mut gw = gw;
+    let finished = tokio::time::timeout(WAIT, &mut gw.task).await;
+    assert!(
+        matches!(finished, Ok(Ok(Ok(())))),
+        "the gateway returned Ok within the grace period: {finished:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_configured_origins_only() {
+    let (_nats, _db, gw) = admin_gateway(&[(
+        "SOCKETIO__CORS_ORIGINS",
+        "[\"https://crm.example\"]".to_owned(),
+    )])
+    .await;
+    let client = http_client();
+    let handshake = gw.url("/socket.io/?EIO=4&transport=polling");
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &handshake)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+    };
+    let allowed = preflight("https://crm.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://crm.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(
+        !other.headers().contains_key("access-control-allow-origin"),
+        "{:?}",
+        other.headers()
+    );
+
+    // The Engine.IO handshake itself answers with the header for the allowed origin.
+    let open = client
+        .get(&handshake)
+        .header("Origin", "https://crm.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(
+        open.headers()["access-control-allow-origin"],
+        "https://crm.example"
+    );
+    assert!(open.text().await.unwrap().starts_with("0{"));
+}
