@@ -21,7 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod client;
-use test_support::procfs;
+use test_support::{metric, procfs};
 mod servers;
 
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Bytes;
 
 use client::{Awaited, Fleet, FleetOptions, Phase};
-use servers::{Kind, Launch, Server, Tuning, metric};
+use servers::{Kind, Launch, Server, Tuning};
 
 /// Target for the gateway: resident bytes per idle connection.
 const IDLE_TARGET_BYTES: f64 = 8.0 * 1024.0;

@@ -291,36 +291,3 @@ async fn start_node(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
         process: Process::Node(child),
     })
 }
-
-/// Sum of the samples of `name` whose labels contain `label` (`""` for any), from Prometheus
-/// text.
-pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let bare = series.split('{').next()?;
-            (bare == name && series.contains(label)).then(|| value.parse::<f64>().ok())?
-        })
-        .fold(0.0, |a, b| a + b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_matching_series() {
-        let text = "# TYPE socketio_connections gauge\n\
-                    socketio_connections{namespace=\"admin\"} 10\n\
-                    socketio_connections{namespace=\"stat\"} 2\n\
-                    socketio_emits_dropped_total 3\n";
-        assert_eq!(metric(text, "socketio_connections", ""), 12.0);
-        assert_eq!(
-            metric(text, "socketio_connections", "namespace=\"admin\""),
-            10.0
-        );
-        assert_eq!(metric(text, "socketio_emits_dropped_total", ""), 3.0);
-        assert_eq!(metric(text, "missing", ""), 0.0);
-    }
-}

@@ -300,6 +300,19 @@ pub async fn http_status(client: &reqwest::Client, url: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
+/// Sum of the samples of `name` whose labels contain `label` (`""` for any), from Prometheus
+/// text.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let bare = series.split('{').next()?;
+            (bare == name && series.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +323,21 @@ mod tests {
         assert!(is_modern("nats-server: v2.10.0"));
         assert!(!is_modern("nats-server: v2.9.10"));
         assert!(!is_modern("garbage"));
+    }
+
+    #[test]
+    fn metric_sums_matching_series() {
+        let text = "# TYPE ws_dropped_total counter\n\
+                    ws_dropped_total{reason=\"slow_consumer\"} 3\n\
+                    ws_dropped_total{reason=\"write_timeout\"} 1\n\
+                    ws_connections 10\n";
+        assert_eq!(metric(text, "ws_dropped_total", ""), 4.0);
+        assert_eq!(
+            metric(text, "ws_dropped_total", "reason=\"slow_consumer\""),
+            3.0
+        );
+        assert_eq!(metric(text, "ws_connections", ""), 10.0);
+        assert_eq!(metric(text, "ws_missing", ""), 0.0);
     }
 }
 

@@ -18,7 +18,7 @@
 
 mod baseline;
 mod client;
-use test_support::procfs;
+use test_support::{metric, procfs};
 mod stack;
 
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
 use baseline::Baseline;
 use client::{Awaited, Fleet, FleetOptions, Phase};
-use stack::{GatewayOptions, Stack, metric};
+use stack::{GatewayOptions, Stack};
 
 /// Target: resident bytes per idle connection.
 const IDLE_TARGET_BYTES: f64 = 6.0 * 1024.0;

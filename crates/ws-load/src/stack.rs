@@ -168,36 +168,3 @@ async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
         .await
         .unwrap_or_else(|e| panic!("redis at {url}: {e} (is it running?)"))
 }
-
-/// Sum of the samples of `name` whose labels contain `label` (`""` for any), from Prometheus
-/// text.
-pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let bare = series.split('{').next()?;
-            (bare == name && series.contains(label)).then(|| value.parse::<f64>().ok())?
-        })
-        .fold(0.0, |a, b| a + b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_matching_series() {
-        let text = "# TYPE ws_dropped_total counter\n\
-                    ws_dropped_total{reason=\"slow_consumer\"} 3\n\
-                    ws_dropped_total{reason=\"write_timeout\"} 1\n\
-                    ws_connections 10\n";
-        assert_eq!(metric(text, "ws_dropped_total", ""), 4.0);
-        assert_eq!(
-            metric(text, "ws_dropped_total", "reason=\"slow_consumer\""),
-            3.0
-        );
-        assert_eq!(metric(text, "ws_connections", ""), 10.0);
-        assert_eq!(metric(text, "ws_missing", ""), 0.0);
-    }
-}
