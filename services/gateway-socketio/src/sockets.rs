@@ -375,15 +375,15 @@ async fn subscribe(
     let body = match (payload, s.extensions.get::<Principal>()) {
         (Ok(payload), Some(principal)) => {
             let mut body = policy::plan(&payload, &principal.grants, true);
-            let current = s.rooms().len();
+            let joined = s.rooms();
             let limit = g.config.admin.max_subscriptions;
-            if current + body.subscribed.len() > limit {
+            if joined.len() + body.subscribed.len() > limit {
                 let room_set: std::collections::HashSet<_> =
-                    s.rooms().into_iter().map(|r| r.into_owned()).collect();
-                let mut room_count = current;
+                    joined.iter().map(|r| r.as_ref()).collect();
+                let mut room_count = joined.len();
                 let mut kept = Vec::with_capacity(body.subscribed.len());
                 for room in std::mem::take(&mut body.subscribed) {
-                    if room_set.contains(&room) {
+                    if room_set.contains(room.as_str()) {
                         kept.push(room);
                     } else if room_count < limit {
                         room_count += 1;
@@ -450,59 +450,60 @@ async fn discord_request(
     let Some(session) = s.extensions.get::<WidgetSession>() else {
         return;
     };
-    let timeout = Duration::from_millis(g.config.widget.request_timeout_ms);
     let body = discord_body(&session.key, session.origin.as_deref(), data).to_string();
-    let response = if body.len() > g.config.widget.max_request_bytes {
-        discord_error("too_large", "request too large")
-    } else if let Ok(_slot) = g.discord_slots.try_acquire() {
-        let request = g
-            .nats
-            .request(crate::relay::DISCORD_SUBJECT, body.into_bytes().into());
-        match tokio::time::timeout(timeout, request).await {
-            Ok(Ok(message)) => match serde_json::from_slice::<Value>(&message.payload) {
-                Ok(value) => {
-                    metrics::counter!("socketio_discord_requests_total", "outcome" => "ok")
-                        .increment(1);
-                    value
-                }
-                Err(_) => {
-                    metrics::counter!("socketio_discord_requests_total", "outcome" => "invalid")
-                        .increment(1);
-                    discord_error(
-                        "invalid_response",
-                        "the backend answered something else than JSON",
-                    )
-                }
-            },
-            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-                metrics::counter!("socketio_discord_requests_total", "outcome" => "unavailable")
-                    .increment(1);
-                discord_error("unavailable", "no backend is available for this request")
-            }
-            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
-                metrics::counter!("socketio_discord_requests_total", "outcome" => "timeout")
-                    .increment(1);
-                discord_error("timeout", "the backend did not answer in time")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "discord request failed");
-                metrics::counter!("socketio_discord_requests_total", "outcome" => "error")
-                    .increment(1);
-                discord_error("unavailable", "the request could not be sent, retry later")
-            }
-            Err(_) => {
-                metrics::counter!("socketio_discord_requests_total", "outcome" => "timeout")
-                    .increment(1);
-                discord_error("timeout", "the backend did not answer in time")
-            }
-        }
-    } else {
-        discord_error("busy", "too many requests in flight, retry later")
-    };
+    let (outcome, response) = forward_discord(&g, body).await;
+    metrics::counter!("socketio_discord_requests_total", "outcome" => outcome).increment(1);
     if let Err(e) = s.emit("discord:request-response", &response) {
         tracing::debug!(error = %e, "discord response not delivered");
     }
     if wants_ack {
         let _ = ack.send(&response);
+    }
+}
+
+/// Sends one Discord request to the backend; returns the outcome (for metrics) and what the
+/// widget gets: the backend's JSON reply, or an error in the command-reply shape.
+async fn forward_discord(g: &Gateway, body: String) -> (&'static str, Value) {
+    use async_nats::client::RequestErrorKind;
+    const TIMEOUT: &str = "the backend did not answer in time";
+    if body.len() > g.config.widget.max_request_bytes {
+        return ("too_large", discord_error("too_large", "request too large"));
+    }
+    let Ok(_slot) = g.discord_slots.try_acquire() else {
+        return (
+            "busy",
+            discord_error("busy", "too many requests in flight, retry later"),
+        );
+    };
+    let timeout = Duration::from_millis(g.config.widget.request_timeout_ms);
+    let request = g
+        .nats
+        .request(crate::relay::DISCORD_SUBJECT, body.into_bytes().into());
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(message)) => match serde_json::from_slice::<Value>(&message.payload) {
+            Ok(value) => ("ok", value),
+            Err(_) => (
+                "invalid",
+                discord_error(
+                    "invalid_response",
+                    "the backend answered something else than JSON",
+                ),
+            ),
+        },
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => (
+            "unavailable",
+            discord_error("unavailable", "no backend is available for this request"),
+        ),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => {
+            ("timeout", discord_error("timeout", TIMEOUT))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "discord request failed");
+            (
+                "error",
+                discord_error("unavailable", "the request could not be sent, retry later"),
+            )
+        }
+        Err(_) => ("timeout", discord_error("timeout", TIMEOUT)),
     }
 }

@@ -244,6 +244,25 @@ fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> 
     (status, Json(body)).into_response()
 }
 
+/// A 422 naming the field when there is one.
+fn invalid(message: &str, field: Option<&str>) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        message,
+        field,
+    )
+}
+
+fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "widget key not found",
+        None,
+    )
+}
+
 fn internal(e: &sqlx::Error) -> Response {
     tracing::error!(error = %e, "widget key API failed");
     error(
@@ -297,27 +316,15 @@ async fn create(State(state): State<ApiState>, body: axum::body::Bytes) -> Respo
     let request: CreateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                &format!("invalid body: {e}"),
-                None,
-            );
+            return invalid(&format!("invalid body: {e}"), None);
         }
     };
     let name = request.name.trim();
     if name.is_empty() || name.len() > 200 {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "name: 1 to 200 characters",
-            Some("name"),
-        );
+        return invalid("name: 1 to 200 characters", Some("name"));
     }
     if request.allowed_origins.is_empty() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+        return invalid(
             "allowed_origins: at least one origin (or \"*\")",
             Some("allowed_origins"),
         );
@@ -327,9 +334,7 @@ async fn create(State(state): State<ApiState>, body: axum::body::Bytes) -> Respo
         let origin = origin.trim().trim_end_matches('/');
         if !valid_origin(origin) {
             let field = format!("allowed_origins[{i}]");
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
+            return invalid(
                 &format!("{field}: expected scheme://host[:port] without a path, or \"*\""),
                 Some(&field),
             );
@@ -352,12 +357,7 @@ async fn list(State(state): State<ApiState>) -> Response {
 async fn show(State(state): State<ApiState>, Path(key): Path<String>) -> Response {
     match state.keys.get(&key).await {
         Ok(Some(key)) => Json(key).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "widget key not found",
-            None,
-        ),
+        Ok(None) => not_found(),
         Err(e) => internal(&e),
     }
 }
@@ -377,12 +377,7 @@ async fn deactivate(State(state): State<ApiState>, Path(key): Path<String>) -> R
             }
             Json(widget).into_response()
         }
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "widget key not found",
-            None,
-        ),
+        Ok(None) => not_found(),
         Err(e) => internal(&e),
     }
 }
