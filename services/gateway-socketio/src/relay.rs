@@ -76,6 +76,23 @@ async fn subscribe(
     }
 }
 
+/// A NATS payload as JSON to forward unchanged, when it is JSON.
+fn raw_json(payload: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    RawValue::from_string(text.to_owned()).ok()
+}
+
+/// The next message, or `None` once shutting down or the subscription ended.
+async fn next(
+    sub: &mut async_nats::Subscriber,
+    shutdown: &CancellationToken,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        m = sub.next() => m,
+    }
+}
+
 async fn domain_events(
     io: SocketIo,
     nats: async_nats::Client,
@@ -86,11 +103,7 @@ async fn domain_events(
         return;
     };
     subscribed.store(true, Ordering::Release);
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
+    while let Some(message) = next(&mut sub, &shutdown).await {
         relay_event(&io, &message.payload).await;
     }
 }
@@ -107,10 +120,7 @@ async fn relay_event(io: &SocketIo, payload: &[u8]) {
         }
     };
     // Decoding succeeded, so the bytes are one JSON object in UTF-8.
-    let Some(raw) = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|s| RawValue::from_string(s.to_owned()).ok())
-    else {
+    let Some(raw) = raw_json(payload) else {
         return;
     };
     let Some(admin) = io.of("/admin") else { return };
@@ -146,11 +156,7 @@ async fn widget_pushes(io: SocketIo, nats: async_nats::Client, shutdown: Cancell
     let Some(mut sub) = subscribe(&nats, "rt.widget.*.*", &shutdown).await else {
         return;
     };
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
+    while let Some(message) = next(&mut sub, &shutdown).await {
         let mut tokens = message.subject.split('.').skip(2);
         let (Some(key), Some(kind)) = (tokens.next(), tokens.next()) else {
             continue;
@@ -160,10 +166,7 @@ async fn widget_pushes(io: SocketIo, nats: async_nats::Client, shutdown: Cancell
             "intercom_notify" => "widget:intercom:notify",
             _ => continue,
         };
-        let Ok(raw) = std::str::from_utf8(&message.payload)
-            .map_err(|_| ())
-            .and_then(|s| RawValue::from_string(s.to_owned()).map_err(|_| ()))
-        else {
+        let Some(raw) = raw_json(&message.payload) else {
             metrics::counter!("socketio_widget_pushes_invalid_total").increment(1);
             tracing::warn!(subject = %message.subject, "widget push is not JSON; skipped");
             continue;
@@ -187,11 +190,7 @@ async fn deactivations(
     let Some(mut sub) = subscribe(&nats, DEACTIVATED_SUBJECT, &shutdown).await else {
         return;
     };
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
+    while let Some(message) = next(&mut sub, &shutdown).await {
         let Ok(key) = std::str::from_utf8(&message.payload) else {
             continue;
         };
