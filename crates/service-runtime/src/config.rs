@@ -37,6 +37,22 @@ impl ConfigError {
     }
 }
 
+/// The marker of a secret that ships in an example or manifest and must be replaced before use
+/// (`k8s/*.yaml` ship `CHANGE-ME-...` values).
+pub const PLACEHOLDER_MARKER: &str = "change-me";
+
+/// Refuses a secret that is still a shipped placeholder: any value containing
+/// [`PLACEHOLDER_MARKER`], in any case. The error names `key` and never repeats the value.
+pub fn reject_placeholder(key: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret.to_ascii_lowercase().contains(PLACEHOLDER_MARKER) {
+        return Err(ConfigError::new(
+            key,
+            "is still a shipped placeholder (CHANGE-ME...): set a real secret",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a loaded configuration beyond what its types say.
 pub trait Validate {
     /// The first invalid value, if any.
@@ -267,6 +283,8 @@ impl DatabaseConfig {
                 "must start with postgres:// or postgresql://",
             ));
         }
+        // The URL carries the password.
+        reject_placeholder("database.url", &self.url)?;
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "database.max_connections",
@@ -464,6 +482,10 @@ mod tests {
             (("SVC_SHUTDOWN__GRACE_SECS", "0"), "shutdown.grace_secs"),
             (("SVC_DATABASE__URL", "mysql://x"), "database.url"),
             (("SVC_FEATURE__LIMIT", "1000"), "feature.limit"),
+            (
+                ("SVC_DATABASE__URL", "postgres://u:CHANGE-ME-example@db/x"),
+                "database.url",
+            ),
         ];
         for ((k, v), key) in cases {
             let err = load_test(&env(&[(k, v)])).unwrap_err();
@@ -475,6 +497,15 @@ mod tests {
             env: vec![],
         };
         assert_eq!(load_test(&missing).unwrap_err().key, "config file");
+        let placeholder = load_test(&env(&[(
+            "SVC_DATABASE__URL",
+            "postgres://u:Change-Me-secret@db/x",
+        )]))
+        .unwrap_err();
+        assert!(
+            !placeholder.to_string().contains("secret@"),
+            "{placeholder}"
+        );
         let required = load::<TestConfig>("SVC_", &env(&[]), CommonConfig::default(), true);
         assert_eq!(required.unwrap_err().key, "database.url");
     }

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod db;
 pub mod nats;
+pub mod net;
 pub mod ops;
 pub mod server;
 pub mod shutdown;
@@ -32,7 +33,7 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CommonConfig, ConfigError, ConfigSource, Settings, Validate};
+pub use config::{CommonConfig, ConfigError, ConfigSource, Settings, Validate, reject_placeholder};
 pub use ops::Readiness;
 
 /// Identity of a service binary.
