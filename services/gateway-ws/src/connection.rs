@@ -15,6 +15,7 @@ use crate::config::{HeartbeatConfig, LimitsConfig};
 use crate::hub::{Frame, Hub};
 use crate::limits::{RateLimiter, is_idle_past};
 use crate::protocol::{self, ClientMessage};
+use crate::sessions::{Revocation, Revoked};
 
 /// Close codes this gateway uses.
 pub mod close {
@@ -66,6 +67,16 @@ pub async fn close_with(mut socket: WebSocket, code: u16, reason: &'static str) 
     }
 }
 
+/// The close reason (code 1008) of a connection whose session stopped authenticating it;
+/// the same words as the handshake refusals where the situation is the same.
+fn revoked_reason(why: Revoked) -> &'static str {
+    match why {
+        Revoked::Ended => "session expired or destroyed",
+        Revoked::NoUser => "session has no user",
+        Revoked::UserChanged => "session user changed",
+    }
+}
+
 /// Serves an authenticated connection until the client leaves, the session is revoked, the
 /// server shuts down, or a limit is breached.
 pub async fn serve(
@@ -73,7 +84,7 @@ pub async fn serve(
     user_id: Value,
     hub: Arc<Hub>,
     settings: ConnectionSettings,
-    revoked: CancellationToken,
+    revocation: Revocation,
     shutdown: CancellationToken,
 ) {
     let (mut sink, mut stream) = socket.split();
@@ -86,7 +97,17 @@ pub async fn serve(
     .await
     {
         Err(exit) => exit,
-        Ok(()) => run(&mut sink, &mut stream, &hub, &settings, &revoked, &shutdown).await,
+        Ok(()) => {
+            run(
+                &mut sink,
+                &mut stream,
+                &hub,
+                &settings,
+                &revocation,
+                &shutdown,
+            )
+            .await
+        }
     };
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame {
@@ -133,7 +154,7 @@ async fn run(
     stream: &mut SplitStream<WebSocket>,
     hub: &Hub,
     settings: &ConnectionSettings,
-    revoked: &CancellationToken,
+    revocation: &Revocation,
     shutdown: &CancellationToken,
 ) -> Exit {
     let limits = &settings.limits;
@@ -155,7 +176,7 @@ async fn run(
         let [s0, s1, s2, s3, s4] = &mut subs.0;
         let event = tokio::select! {
             () = shutdown.cancelled() => break Exit::Close(close::GOING_AWAY, "server shutting down"),
-            () = revoked.cancelled() => break Exit::Close(close::POLICY, "session expired or destroyed"),
+            why = revocation.revoked() => break Exit::Close(close::POLICY, revoked_reason(why)),
             _ = heartbeat.tick() => {
                 if is_idle_past(last_seen, Instant::now(), idle_timeout) {
                     break Exit::Drop;

@@ -2,12 +2,14 @@
 //! express-session cookie, channel subscriptions, and `{event, data, timestamp}` messages made
 //! from the domain events on `events.<domain>.*` through `events::surface`.
 //!
+//! - The `Origin` of a browser's handshake must be the gateway's own or one of
+//!   `security.allowed_origins` ([`origin`]): the cookie alone would let any site's page in.
 //! - Authentication happens before the upgrade; a refused client still gets a WebSocket whose
 //!   first and only frame is a close with code 1008 and a reason, because browsers hide HTTP
 //!   status codes from `WebSocket` users.
 //! - Fan-out serialises each event once ([`hub`]); a slow client is closed with 1013.
-//! - A destroyed or expired session closes its connections with 1008 within
-//!   `session.revalidate_secs` ([`sessions`]).
+//! - A session destroyed, expired, or no longer holding the connection's user closes its
+//!   connections with 1008 within `session.revalidate_secs` ([`sessions`]).
 //! - Each instance relays every event to its own clients, so instances scale out behind any
 //!   load balancer without sticky sessions.
 #![warn(missing_docs)]
@@ -17,11 +19,12 @@ pub mod connection;
 pub mod cookie;
 pub mod hub;
 pub mod limits;
+pub mod origin;
 pub mod protocol;
 pub mod session_store;
 pub mod sessions;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +38,8 @@ pub use config::Config;
 use config::StoreKind;
 use connection::{ConnectionSettings, close, close_with};
 use hub::Hub;
-use limits::{Breach, ConnectionLimiter};
+use origin::OriginPolicy;
+use service_runtime::net::{Breach, ClientIpPolicy, ConnectionLimiter};
 use service_runtime::{ServiceContext, ServiceError, ServiceSpec, Settings};
 use session_store::SessionStore;
 use sessions::SessionRegistry;
@@ -59,6 +63,8 @@ const READ_BUFFER: usize = 1024;
 struct AppState {
     hub: Arc<Hub>,
     limiter: Arc<ConnectionLimiter>,
+    client_ip: Arc<ClientIpPolicy>,
+    origins: Arc<OriginPolicy>,
     registry: Arc<SessionRegistry>,
     store: SessionStore,
     config: Arc<Config>,
@@ -123,6 +129,7 @@ pub async fn run(
     tokio::spawn(sessions::revalidate(
         Arc::clone(&registry),
         store.clone(),
+        service.session.user_id_paths.clone(),
         Duration::from_secs(service.session.revalidate_secs),
         shutdown.clone(),
     ));
@@ -134,7 +141,10 @@ pub async fn run(
         limiter: ConnectionLimiter::new(
             service.limits.max_connections,
             service.limits.max_connections_per_ip,
+            "ws_connections",
         ),
+        client_ip: Arc::new(service.limits.client_ip_policy()),
+        origins: Arc::new(OriginPolicy::new(&service.security.allowed_origins)),
         registry,
         store,
         settings: ConnectionSettings {
@@ -187,6 +197,7 @@ fn router(state: AppState) -> Router {
 /// Why a handshake is refused, and how the client is told.
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
+    Origin,
     NoCookie,
     BadCookie,
     NoSession,
@@ -199,6 +210,7 @@ enum Refusal {
 impl Refusal {
     fn close(self) -> (u16, &'static str) {
         match self {
+            Self::Origin => (close::POLICY, "origin not allowed"),
             Self::NoCookie => (close::POLICY, "authentication required: no session cookie"),
             Self::BadCookie => (close::POLICY, "invalid session cookie"),
             Self::NoSession => (close::POLICY, "session not found or expired"),
@@ -217,6 +229,7 @@ impl Refusal {
 
     fn label(self) -> &'static str {
         match self {
+            Self::Origin => "origin",
             Self::NoCookie => "no_cookie",
             Self::BadCookie => "bad_cookie",
             Self::NoSession => "no_session",
@@ -240,7 +253,12 @@ async fn upgrade(
         .write_buffer_size(0)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes);
-    let ip = client_ip(&headers, peer, limits.trust_forwarded_for);
+    // Origin first: a cross-site page must not learn anything, nor take a connection slot.
+    if let Err(why) = state.origins.check(&headers) {
+        tracing::debug!(kind = why.label(), "websocket origin refused");
+        return refuse(ws, Refusal::Origin);
+    }
+    let ip = state.client_ip.client_ip(peer.ip(), &headers);
     let guard = match state.limiter.try_acquire(ip) {
         Ok(g) => g,
         Err(breach) => {
@@ -258,13 +276,13 @@ async fn upgrade(
     let tracker = state.tracker.clone();
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
-            let registration = state.registry.register(sid);
+            let registration = state.registry.register(sid, user_id.clone());
             connection::serve(
                 socket,
                 user_id,
                 state.hub,
                 state.settings,
-                registration.revoked.clone(),
+                registration.revocation.clone(),
                 state.shutdown,
             )
             .await;
@@ -304,17 +322,4 @@ async fn authenticate(
         .ok_or(Refusal::NoSession)?;
     let user = session_store::user_id(&sess, &session.user_id_paths).ok_or(Refusal::NoUser)?;
     Ok((sid, user))
-}
-
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> IpAddr {
-    if trust_forwarded_for
-        && let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
-    }
-    peer.ip()
 }

@@ -1,6 +1,6 @@
 //! Reading express-session sessions where the host application keeps them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -26,8 +26,8 @@ pub enum SessionStore {
         pool: PgPool,
         /// `SELECT sess FROM <table> WHERE sid = $1 AND expire >= now()`.
         load_sql: String,
-        /// `SELECT sid FROM <table> WHERE sid = ANY($1) AND expire >= now()`.
-        alive_sql: String,
+        /// `SELECT sid, sess FROM <table> WHERE sid = ANY($1) AND expire >= now()`.
+        batch_sql: String,
     },
     /// connect-redis keys.
     Redis {
@@ -95,7 +95,9 @@ impl SessionStore {
         Self::Postgres {
             pool,
             load_sql: format!("SELECT sess::text FROM {quoted} WHERE sid = $1 AND expire >= now()"),
-            alive_sql: format!("SELECT sid FROM {quoted} WHERE sid = ANY($1) AND expire >= now()"),
+            batch_sql: format!(
+                "SELECT sid, sess::text FROM {quoted} WHERE sid = ANY($1) AND expire >= now()"
+            ),
         }
     }
 
@@ -113,39 +115,38 @@ impl SessionStore {
                 conn.get(format!("{prefix}{sid}")).await?
             }
         };
-        Ok(raw
-            .and_then(|r| serde_json::from_str::<Value>(&r).ok())
-            .filter(|sess| !cookie_expired(sess)))
+        Ok(raw.and_then(|r| live(&r)))
     }
 
-    /// Which of `sids` still exist.
-    pub async fn alive(&self, sids: &[String]) -> Result<HashSet<String>, StoreError> {
+    /// The live session JSON of each of `sids` that still exists, in one round trip: sessions
+    /// are re-read rather than only checked for existence, because a session rewritten in
+    /// place (logout, login as someone else) keeps its sid.
+    pub async fn load_many(&self, sids: &[String]) -> Result<HashMap<String, Value>, StoreError> {
         if sids.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(HashMap::new());
         }
         match self {
             Self::Postgres {
-                pool, alive_sql, ..
+                pool, batch_sql, ..
             } => {
-                let rows: Vec<String> = sqlx::query_scalar(alive_sql)
-                    .bind(sids)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows.into_iter().collect())
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as(batch_sql).bind(sids).fetch_all(pool).await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(sid, raw)| live(&raw).map(|sess| (sid, sess)))
+                    .collect())
             }
             Self::Redis { conn, prefix } => {
                 let mut conn = conn.get().await?;
-                let keys: Vec<String> = sids.iter().map(|s| format!("{prefix}{s}")).collect();
                 let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.exists(key);
+                for sid in sids {
+                    pipe.get(format!("{prefix}{sid}"));
                 }
-                let exists: Vec<bool> = pipe.query_async(&mut conn).await?;
+                let raws: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
                 Ok(sids
                     .iter()
-                    .zip(exists)
-                    .filter(|(_, e)| *e)
-                    .map(|(s, _)| s.clone())
+                    .zip(raws)
+                    .filter_map(|(sid, raw)| Some((sid.clone(), live(&raw?)?)))
                     .collect())
             }
         }
@@ -164,6 +165,13 @@ impl SessionStore {
         }
         Ok(())
     }
+}
+
+/// A stored session's JSON, unless it does not parse or its cookie has expired.
+fn live(raw: &str) -> Option<Value> {
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .filter(|sess| !cookie_expired(sess))
 }
 
 /// express-session also stores `cookie.expires`; a session past it is expired even if the

@@ -66,6 +66,11 @@ impl Gateway {
     }
 
     async fn connect(&self, cookie: Option<&str>) -> Client {
+        self.connect_with(cookie, &[]).await
+    }
+
+    /// Connects with extra request headers (`Origin`, `X-Forwarded-For`, ...).
+    async fn connect_with(&self, cookie: Option<&str>, headers: &[(&str, &str)]) -> Client {
         let mut request = format!("ws://{}/ws", self.addr)
             .into_client_request()
             .unwrap();
@@ -73,6 +78,10 @@ impl Gateway {
             request
                 .headers_mut()
                 .insert("cookie", cookie.parse().unwrap());
+        }
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
+            request.headers_mut().append(name, value.parse().unwrap());
         }
         tokio_tungstenite::connect_async(request).await.unwrap().0
     }
@@ -712,4 +721,261 @@ async fn connection_and_message_limits_are_enforced() {
     })
     .await;
     ping(&mut again).await;
+}
+
+/// The first message of a connection: `connected`, or the close of a refusal.
+async fn outcome(client: &mut Client) -> Result<Value, (u16, String)> {
+    loop {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("a first frame in time")
+        {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                return Err((u16::from(code), reason.to_string()));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected connected or a close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cross_site_origins_are_refused_and_same_origin_or_no_origin_connects() {
+    let nats = NatsServer::start();
+    let (db, pool) = pg_sessions().await;
+    let gw = pg_gateway(&nats, &db, &[]).await;
+    let sid = random_sid();
+    put_pg_session(&pool, &sid, session_json(json!(1)), 3600).await;
+    let cookie = cookie_for(&sid);
+    // tungstenite sends `Host: 127.0.0.1:<port>`; a page served from there is same-origin,
+    // whatever its scheme (TLS may end at a proxy in front).
+    let port = gw.addr.port();
+    for origin in [
+        format!("http://{}", gw.addr),
+        format!("https://{}", gw.addr),
+        format!("HTTP://127.0.0.1:{port}"),
+    ] {
+        let mut client = gw.connect_with(Some(&cookie), &[("origin", &origin)]).await;
+        assert_eq!(
+            outcome(&mut client).await.unwrap()["type"],
+            "connected",
+            "{origin}"
+        );
+    }
+    // Not a browser: no Origin, nothing to hijack.
+    let mut client = gw.connect(Some(&cookie)).await;
+    assert_eq!(outcome(&mut client).await.unwrap()["type"], "connected");
+
+    for origin in [
+        "https://evil.example".to_owned(),
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        format!("http://{}.evil.example", gw.addr.ip()),
+        "null".to_owned(),
+        "not an origin".to_owned(),
+    ] {
+        let mut client = gw.connect_with(Some(&cookie), &[("origin", &origin)]).await;
+        let (code, reason) = outcome(&mut client).await.unwrap_err();
+        assert_eq!(code, 1008, "{origin}");
+        assert_eq!(reason, "origin not allowed", "{origin}");
+    }
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"ws_auth_failures_total{reason="origin"}"#)
+    );
+}
+
+#[tokio::test]
+async fn allowed_origins_replace_the_same_origin_default() {
+    let nats = NatsServer::start();
+    let (db, pool) = pg_sessions().await;
+    let gw = pg_gateway(
+        &nats,
+        &db,
+        &[(
+            "SECURITY__ALLOWED_ORIGINS",
+            r#"["https://crm.example.com", "http://localhost:3000"]"#.to_owned(),
+        )],
+    )
+    .await;
+    let sid = random_sid();
+    put_pg_session(&pool, &sid, session_json(json!(1)), 3600).await;
+    let cookie = cookie_for(&sid);
+    for origin in [
+        "https://crm.example.com",
+        "https://CRM.example.com:443",
+        "http://localhost:3000",
+    ] {
+        let mut client = gw.connect_with(Some(&cookie), &[("origin", origin)]).await;
+        assert_eq!(
+            outcome(&mut client).await.unwrap()["type"],
+            "connected",
+            "{origin}"
+        );
+    }
+    let mut client = gw.connect(Some(&cookie)).await;
+    assert_eq!(outcome(&mut client).await.unwrap()["type"], "connected");
+
+    let same_origin = format!("http://{}", gw.addr);
+    for origin in [
+        "http://crm.example.com",
+        "https://crm.example.com:8443",
+        "https://crm.example.com.evil.example",
+        "http://localhost:3001",
+        same_origin.as_str(),
+    ] {
+        let mut client = gw.connect_with(Some(&cookie), &[("origin", origin)]).await;
+        let (code, reason) = outcome(&mut client).await.unwrap_err();
+        assert_eq!(
+            (code, reason.as_str()),
+            (1008, "origin not allowed"),
+            "{origin}"
+        );
+    }
+}
+
+/// Rewrites sessions the way express-session does on logout-in-place or a login as someone
+/// else, and checks that revalidation re-reads the user, not only that the session exists.
+async fn sessions_that_lose_their_user_are_disconnected(
+    gw: &Gateway,
+    mut put: impl AsyncFnMut(&str, Value),
+) {
+    let (logout, switched, touched) = (random_sid(), random_sid(), random_sid());
+    for sid in [&logout, &switched, &touched] {
+        put(sid, session_json(json!(1))).await;
+    }
+    let mut logged_out = gw.connect(Some(&cookie_for(&logout))).await;
+    let mut other_user = gw.connect(Some(&cookie_for(&switched))).await;
+    let mut kept = gw.connect(Some(&cookie_for(&touched))).await;
+    for c in [&mut logged_out, &mut other_user, &mut kept] {
+        assert_eq!(next_json(c).await["userId"], 1);
+    }
+
+    put(
+        &logout,
+        json!({"cookie": {"originalMaxAge": 86_400_000, "path": "/"}}),
+    )
+    .await;
+    put(&switched, session_json(json!(2))).await;
+    put(&touched, session_json(json!(1))).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        expect_close(&mut logged_out).await,
+        (1008, "session has no user".to_owned())
+    );
+    assert_eq!(
+        expect_close(&mut other_user).await,
+        (1008, "session user changed".to_owned())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    ping(&mut kept).await;
+}
+
+#[tokio::test]
+async fn a_pg_session_that_loses_its_user_is_disconnected_with_1008_within_the_bound() {
+    let nats = NatsServer::start();
+    let (db, pool) = pg_sessions().await;
+    let gw = pg_gateway(&nats, &db, &[("SESSION__REVALIDATE_SECS", "1".to_owned())]).await;
+    sessions_that_lose_their_user_are_disconnected(&gw, async |sid, sess| {
+        put_pg_session(&pool, sid, sess, 3600).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_redis_session_that_loses_its_user_is_disconnected_with_1008_within_the_bound() {
+    let nats = NatsServer::start();
+    let redis_url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let gw = Gateway::start(
+        &nats,
+        &[
+            ("SESSION__STORE", "redis".to_owned()),
+            ("SESSION__REDIS_URL", redis_url.clone()),
+            ("SESSION__REVALIDATE_SECS", "1".to_owned()),
+        ],
+    )
+    .await;
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    sessions_that_lose_their_user_are_disconnected(&gw, async |sid, sess| {
+        // connect-redis: SET sess:<sid> <json> EX <ttl>
+        let _: () = redis::cmd("SET")
+            .arg(format!("sess:{sid}"))
+            .arg(sess.to_string())
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        written.push(format!("sess:{sid}"));
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&written)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_forwarded_for_is_counted_under_the_real_client_address() {
+    let nats = NatsServer::start();
+    let (db, pool) = pg_sessions().await;
+    let gw = pg_gateway(
+        &nats,
+        &db,
+        &[
+            ("LIMITS__MAX_CONNECTIONS_PER_IP", "2".to_owned()),
+            ("LIMITS__TRUST_FORWARDED_FOR", "true".to_owned()),
+            ("LIMITS__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#.to_owned()),
+        ],
+    )
+    .await;
+    let sid = random_sid();
+    put_pg_session(&pool, &sid, session_json(json!(1)), 3600).await;
+    let cookie = cookie_for(&sid);
+    // The test client plays the trusted proxy on 127.0.0.1. The attacker at 198.51.100.9 sent
+    // an `X-Forwarded-For` of its own choosing; the proxy appended the address it saw.
+    let (victim, real) = ("203.0.113.7", "198.51.100.9");
+    let mut attacker = Vec::new();
+    for forged in [victim, "192.0.2.1", "192.0.2.2"] {
+        let chain = format!("{forged}, {real}");
+        attacker.push(
+            gw.connect_with(Some(&cookie), &[("x-forwarded-for", &chain)])
+                .await,
+        );
+    }
+    assert_eq!(
+        outcome(&mut attacker[0]).await.unwrap()["type"],
+        "connected"
+    );
+    assert_eq!(
+        outcome(&mut attacker[1]).await.unwrap()["type"],
+        "connected"
+    );
+    // Varying the forged part does not dodge the attacker's own cap...
+    let (code, reason) = outcome(&mut attacker[2]).await.unwrap_err();
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "too many connections from this address")
+    );
+    // ...and naming the victim did not use up the victim's.
+    for _ in 0..2 {
+        let mut client = gw
+            .connect_with(Some(&cookie), &[("x-forwarded-for", victim)])
+            .await;
+        assert_eq!(outcome(&mut client).await.unwrap()["type"], "connected");
+        attacker.push(client);
+    }
 }
