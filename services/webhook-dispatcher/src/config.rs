@@ -1,9 +1,8 @@
 //! webhook-dispatcher configuration (beside the common sections).
 
 use serde::{Deserialize, Serialize};
-use service_runtime::{ConfigError, Validate};
-
-use crate::ssrf::Cidr;
+use service_runtime::net::Cidr;
+use service_runtime::{ConfigError, Validate, reject_placeholder};
 
 /// Everything specific to the dispatcher.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,8 +96,65 @@ pub struct DeliveryConfig {
     pub disable_after_failures: i32,
     /// Seconds the previous secret keeps signing after a rotation, unless the call says.
     pub rotation_grace_secs: u64,
-    /// Networks deliveries may reach even though they are not public (CIDRs).
-    pub allow_networks: Vec<String>,
+    /// Networks deliveries may reach even though they are not public (CIDRs); a value that
+    /// is not a network fails loading, naming the key.
+    pub allow_networks: Vec<Cidr>,
+    /// An HTTP(S) proxy for every delivery. Unset: deliveries connect directly and the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` variables are ignored, because through a proxy
+    /// the destination check sees only the proxy. Set: that proxy resolves destinations and
+    /// must enforce the destination policy itself.
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// A proxy URL, `http://host:port` or `https://host:port`, parsed at load. Its password, if
+/// any, is never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProxyUrl(reqwest::Url);
+
+impl ProxyUrl {
+    /// The parsed URL.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+/// Why `delivery.proxy` is not a proxy URL. Never repeats the value (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    /// Not an absolute URL.
+    #[error("is not an absolute URL")]
+    Invalid,
+    /// Another scheme than http or https, or no host.
+    #[error("must be http://host:port or https://host:port")]
+    Unsupported,
+}
+
+impl TryFrom<String> for ProxyUrl {
+    type Error = ProxyUrlError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        let url = reqwest::Url::parse(raw.trim()).map_err(|_| ProxyUrlError::Invalid)?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(ProxyUrlError::Unsupported);
+        }
+        Ok(Self(url))
+    }
+}
+
+impl From<ProxyUrl> for String {
+    fn from(p: ProxyUrl) -> Self {
+        p.0.into()
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("redacted"));
+        }
+        write!(f, "ProxyUrl({shown})")
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -118,6 +174,7 @@ impl Default for DeliveryConfig {
             disable_after_failures: 100,
             rotation_grace_secs: 86_400,
             allow_networks: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -141,16 +198,6 @@ impl Default for RetentionConfig {
     }
 }
 
-impl DeliveryConfig {
-    /// The parsed allow-list.
-    pub fn allowed_networks(&self) -> Result<Vec<Cidr>, ConfigError> {
-        self.allow_networks
-            .iter()
-            .map(|raw| Cidr::parse(raw).map_err(|e| ConfigError::new("delivery.allow_networks", e)))
-            .collect()
-    }
-}
-
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.api.keys.is_empty() && self.api.jwt_hs256_secret.is_empty() {
@@ -165,6 +212,10 @@ impl Validate for Config {
                 "each key must be at least 16 characters",
             ));
         }
+        for key in &self.api.keys {
+            reject_placeholder("api.keys", key)?;
+        }
+        reject_placeholder("api.jwt_hs256_secret", &self.api.jwt_hs256_secret)?;
         if !self.api.jwt_hs256_secret.is_empty() && self.api.jwt_hs256_secret.len() < 32 {
             return Err(ConfigError::new(
                 "api.jwt_hs256_secret",
@@ -217,7 +268,82 @@ impl Validate for Config {
                 return Err(ConfigError::new(key, "is out of range"));
             }
         }
-        d.allowed_networks()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use service_runtime::ConfigSource;
+
+    use super::*;
+
+    fn load(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env = vec![
+            (
+                "WEBHOOK_DISPATCHER_DATABASE__URL".to_owned(),
+                "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
+            ),
+            (
+                "WEBHOOK_DISPATCHER_API__KEYS".to_owned(),
+                "[a-real-key-0123456789]".to_owned(),
+            ),
+        ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (format!("WEBHOOK_DISPATCHER_{k}"), (*v).to_owned())),
+        );
+        crate::SPEC
+            .load::<Config>(&ConfigSource { file: None, env })
+            .map(|s| s.service)
+    }
+
+    #[test]
+    fn shipped_placeholder_secrets_are_refused_naming_the_key() {
+        // The values k8s/webhook-dispatcher.yaml ships.
+        let err =
+            load(&[("API__KEYS", r#"["CHANGE-ME-example-api-key-0123456789"]"#)]).unwrap_err();
+        assert_eq!(err.key, "api.keys");
+        assert!(!err.to_string().contains("example-api-key"), "{err}");
+        let err = load(&[(
+            "API__JWT_HS256_SECRET",
+            "CHANGE-ME-example-at-least-32-bytes-long",
+        )])
+        .unwrap_err();
+        assert_eq!(err.key, "api.jwt_hs256_secret");
+        assert!(
+            load(&[(
+                "API__JWT_HS256_SECRET",
+                "a-real-secret-that-is-at-least-32-bytes"
+            )])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn networks_and_proxy_are_parsed_at_load() {
+        let config = load(&[
+            ("DELIVERY__ALLOW_NETWORKS", "[10.20.0.0/16, 127.0.0.1]"),
+            ("DELIVERY__PROXY", "http://user:pw@proxy.internal:3128"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.delivery.allow_networks,
+            vec![
+                Cidr::parse("10.20.0.0/16").unwrap(),
+                Cidr::parse("127.0.0.1/32").unwrap()
+            ]
+        );
+        let proxy = config.delivery.proxy.unwrap();
+        assert_eq!(proxy.url().host_str(), Some("proxy.internal"));
+        assert!(!format!("{proxy:?}").contains("pw"));
+
+        let err = load(&[("DELIVERY__ALLOW_NETWORKS", "[10.0.0.0/33]")]).unwrap_err();
+        assert!(err.key.starts_with("delivery.allow_networks"), "{err}");
+        let err = load(&[("DELIVERY__PROXY", "socks5://secret@proxy:1080")]).unwrap_err();
+        assert!(err.key.starts_with("delivery.proxy"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert_eq!(load(&[]).unwrap().delivery.proxy, None);
     }
 }

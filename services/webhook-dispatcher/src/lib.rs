@@ -55,7 +55,7 @@ pub async fn run(
         .ok_or_else(|| ConfigError::new("database.url", "is required"))?;
     let store = store::Store::new(pool);
     let policy = Arc::new(ssrf::AddressPolicy::new(
-        service.delivery.allowed_networks()?,
+        service.delivery.allow_networks.clone(),
     ));
     let http = worker::http_client(&service.delivery, Arc::clone(&policy))
         .map_err(|e| ConfigError::new("delivery", format!("http client: {e}")))?;

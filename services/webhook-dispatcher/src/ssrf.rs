@@ -10,63 +10,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-/// An IP network, `addr/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+use service_runtime::net::{Cidr, canonical};
 
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `::1/128` or a bare address (a single host).
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let (addr, prefix) = match raw.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (raw, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{raw:?} is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{raw:?} has an invalid prefix length"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+/// Why a destination address is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("destination {ip} refused: {reason} address")]
+pub struct Refusal {
+    /// The address.
+    pub ip: IpAddr,
+    /// What kind of address it is, e.g. `loopback`.
+    pub reason: &'static str,
 }
 
 /// The destination policy.
@@ -82,13 +35,13 @@ impl AddressPolicy {
     }
 
     /// `Ok` when `ip` may be reached; otherwise why not.
-    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
         if self.allow.iter().any(|c| c.contains(ip)) {
             return Ok(());
         }
         match non_public_reason(canonical(ip)) {
             None => Ok(()),
-            Some(why) => Err(format!("destination {ip} refused: {why} address")),
+            Some(reason) => Err(Refusal { ip, reason }),
         }
     }
 }
@@ -101,7 +54,7 @@ fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_private() {
@@ -116,13 +69,40 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         Some("multicast or reserved")
     } else if ip.is_documentation() || (a == 198 && (b == 18 || b == 19)) || (a == 192 && b == 0) {
         Some("reserved")
+    } else if a == 192 && b == 88 && c == 99 {
+        Some("reserved (6to4 relay anycast)")
     } else {
         None
     }
 }
 
+/// The IPv4 address an IPv6 transition address reaches, for the ranges whose traffic is
+/// relayed to it: NAT64 `64:ff9b::/96`, IPv4-compatible `::a.b.c.d`, 6to4 `2002::/16`, and the
+/// Teredo server and (obfuscated) client of `2001::/32`.
+fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let bits = u128::from(ip);
+    let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+    let s = ip.segments();
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        vec![low32]
+    } else if bits >> 32 == 0 {
+        // `::` and `::1` are judged on their own; the rest of ::/96 is IPv4-compatible.
+        vec![low32]
+    } else if s[0] == 0x2002 {
+        vec![Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32)]
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        vec![
+            Ipv4Addr::from(((bits >> 64) & 0xffff_ffff) as u32),
+            Ipv4Addr::from(!((bits & 0xffff_ffff) as u32)),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
 fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_unspecified() {
@@ -131,10 +111,21 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         Some("private (unique local)")
     } else if first & 0xffc0 == 0xfe80 {
         Some("link-local")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("site-local")
     } else if ip.is_multicast() {
         Some("multicast")
-    } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
+    } else if first == 0x2001 && s[1] == 0x0db8 {
         Some("reserved")
+    } else if first == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0 {
+        Some("discard-only")
+    } else if first == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001 {
+        Some("reserved (local-use NAT64)")
+    } else if embedded_v4(ip)
+        .into_iter()
+        .any(|v4| v4_reason(v4).is_some())
+    {
+        Some("transition (embeds a non-public IPv4)")
     } else {
         None
     }
@@ -173,8 +164,12 @@ impl reqwest::dns::Resolve for PolicyResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                let why = refusal.unwrap_or_else(|| format!("{host} did not resolve"));
-                return Err(why.into());
+                // The refusal travels as itself, so the worker can tell it from a DNS failure
+                // by type (see `worker::http::classify`).
+                return Err(match refusal {
+                    Some(refusal) => Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>,
+                    None => format!("{host} did not resolve").into(),
+                });
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -214,11 +209,49 @@ mod tests {
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             assert!(!refused(&p, ip), "{ip}");
         }
-        assert!(
-            p.check("127.0.0.1".parse().unwrap())
-                .unwrap_err()
-                .contains("loopback")
+        assert_eq!(
+            p.check("127.0.0.1".parse().unwrap()).unwrap_err().reason,
+            "loopback"
         );
+    }
+
+    #[test]
+    fn transition_and_deprecated_ranges_are_judged_by_what_they_reach() {
+        let p = AddressPolicy::default();
+        for ip in [
+            // NAT64 of loopback, metadata, private
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1::1",
+            // IPv4-compatible
+            "::127.0.0.1",
+            "::10.1.2.3",
+            "::169.254.169.254",
+            // 6to4 of 127.0.0.1 and 192.168.1.1
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            // Teredo: server 127.0.0.1; client (obfuscated) 10.0.0.1 = !0a000001 = f5ff:fffe
+            "2001:0:7f00:1::1",
+            "2001:0:101:101::f5ff:fffe",
+            "fec0::1",
+            "feff::1",
+            "100::1",
+            "100::ffff:ffff:ffff:ffff",
+            "192.88.99.1",
+        ] {
+            assert!(refused(&p, ip), "{ip}");
+        }
+        for ip in [
+            "64:ff9b::1.1.1.1",
+            "2002:0101:0101::1",
+            // Teredo server 1.1.1.1, client 8.8.8.8 (obfuscated f7f7:f7f7)
+            "2001:0:101:101::f7f7:f7f7",
+            "100:0:0:1::1",
+            "192.88.98.1",
+        ] {
+            assert!(!refused(&p, ip), "{ip}");
+        }
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! Sending deliveries: claim due ones, sign, POST, and record the outcome.
 //!
-//! Claims come from PostgreSQL (`FOR UPDATE SKIP LOCKED` plus a lease), so any number of
-//! replicas share the work without sending a delivery twice; a crashed replica's claims fall
-//! back to the others when their lease expires. Outcomes are written in batches by one
-//! recorder task, which keeps the database round trips per attempt well below one.
+//! Claims come from PostgreSQL (`FOR UPDATE SKIP LOCKED` plus a lease and a lease token), so
+//! any number of replicas share the work without sending a delivery twice; a crashed
+//! replica's claims fall back to the others when their lease expires. A claim takes only what
+//! the subscriptions' limits let start at once ([`admission`]), so every claimed attempt is
+//! sent immediately, well within its lease (`lease_secs` > `timeout_secs`). Outcomes are
+//! written in batches by one recorder task ([`recorder`]), which keeps the database round
+//! trips per attempt well below one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub mod admission;
+mod http;
+pub mod recorder;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,10 +21,12 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::http::{AttemptError, Response, classify, parse_retry_after};
+pub use self::http::{http_client, literal_ip};
 use crate::config::DeliveryConfig;
 use crate::signing::{SigningKey, sign};
-use crate::ssrf::{AddressPolicy, PolicyResolver};
-use crate::store::{Claimed, Outcome, Store};
+use crate::ssrf::AddressPolicy;
+use crate::store::{Claimed, DeliveryStatus, Outcome, Store};
 
 /// Everything an attempt needs.
 #[derive(Debug)]
@@ -27,31 +35,7 @@ pub struct Dispatcher {
     http: reqwest::Client,
     config: DeliveryConfig,
     policy: Arc<AddressPolicy>,
-    per_subscription: Mutex<HashMap<Uuid, SubscriptionLimits>>,
-}
-
-#[derive(Debug)]
-struct SubscriptionLimits {
-    concurrency: Arc<Semaphore>,
-    max_concurrency: i32,
-    next_slot: Instant,
-}
-
-/// Builds the HTTP client deliveries use: no redirects, bounded timeouts, destination policy
-/// enforced in the resolver.
-pub fn http_client(
-    config: &DeliveryConfig,
-    policy: Arc<AddressPolicy>,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-        .timeout(Duration::from_secs(config.timeout_secs))
-        .pool_max_idle_per_host(32)
-        .dns_resolver(Arc::new(PolicyResolver::new(policy)))
-        .user_agent(concat!("realtime-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
+    admission: Arc<admission::Admission>,
 }
 
 impl Dispatcher {
@@ -67,7 +51,7 @@ impl Dispatcher {
             http,
             config,
             policy,
-            per_subscription: Mutex::new(HashMap::new()),
+            admission: Arc::default(),
         }
     }
 
@@ -75,27 +59,33 @@ impl Dispatcher {
     /// timeout) and are recorded before this returns.
     pub async fn run(self: Arc<Self>, work_ready: Arc<Notify>, shutdown: CancellationToken) {
         let (tx, rx) = mpsc::channel::<Outcome>(self.config.concurrency * 2);
-        let recorder = tokio::spawn(record_outcomes(
-            self.store.clone(),
+        let recorder = tokio::spawn(recorder::run(
+            recorder::Recorder::new(self.store.clone(), self.config.disable_after_failures),
             rx,
-            self.config.disable_after_failures,
         ));
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let idle = Duration::from_millis(self.config.poll_interval_ms);
+        let lease = Duration::from_secs(self.config.lease_secs);
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let free = permits.available_permits() as i64;
             if free == 0 {
                 // Wait for one attempt to finish.
-                let Ok(p) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                drop(p);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    p = permits.acquire() => drop(p),
+                }
                 continue;
             }
-            let claim = self
-                .store
-                .claim(free.min(self.config.claim_batch), self.config.lease_secs);
+            // Taken before the claim is sent, so it is never later than the database's lease.
+            let lease_deadline = Instant::now() + lease;
+            let loads = self.admission.loads();
+            let claim = self.store.claim(
+                free.min(self.config.claim_batch),
+                self.config.lease_secs,
+                Uuid::now_v7(),
+                &loads,
+            );
             let claimed = match tokio::select! {
                 () = shutdown.cancelled() => break,
                 c = claim => c,
@@ -118,17 +108,25 @@ impl Dispatcher {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = work_ready.notified() => {}
+                    () = self.admission.freed().notified() => {}
                     () = tokio::time::sleep(idle) => {}
                 }
                 continue;
             }
             for delivery in claimed {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
+                let slot = self.admission.admit(&delivery);
+                // At most `free` were claimed and only this loop takes permits.
+                let permit = match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => match Arc::clone(&permits).acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
                 };
                 let (this, tx) = (Arc::clone(&self), tx.clone());
                 tokio::spawn(async move {
-                    let outcome = this.attempt(delivery).await;
+                    let outcome = this.attempt(delivery, lease_deadline).await;
+                    drop(slot);
                     let _ = tx.send(outcome).await;
                     drop(permit);
                 });
@@ -140,47 +138,7 @@ impl Dispatcher {
         let _ = recorder.await;
     }
 
-    /// Waits for the subscription's concurrency slot and rate limit.
-    async fn admit(&self, d: &Claimed) -> tokio::sync::OwnedSemaphorePermit {
-        let (semaphore, wait) = {
-            let mut map = self
-                .per_subscription
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let limits = map
-                .entry(d.subscription_id)
-                .or_insert_with(|| SubscriptionLimits {
-                    concurrency: Arc::new(Semaphore::new(d.max_concurrency.max(1) as usize)),
-                    max_concurrency: d.max_concurrency,
-                    next_slot: Instant::now(),
-                });
-            if limits.max_concurrency != d.max_concurrency {
-                limits.concurrency = Arc::new(Semaphore::new(d.max_concurrency.max(1) as usize));
-                limits.max_concurrency = d.max_concurrency;
-            }
-            let now = Instant::now();
-            let wait = match d.rate_limit_per_sec.filter(|r| *r > 0) {
-                Some(rate) => {
-                    let slot = limits.next_slot.max(now);
-                    limits.next_slot = slot + Duration::from_secs_f64(1.0 / f64::from(rate));
-                    slot - now
-                }
-                None => Duration::ZERO,
-            };
-            (Arc::clone(&limits.concurrency), wait)
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        // The semaphore is never closed.
-        semaphore
-            .acquire_owned()
-            .await
-            .expect("subscription semaphore is never closed")
-    }
-
-    async fn attempt(&self, d: Claimed) -> Outcome {
-        let _slot = self.admit(&d).await;
+    async fn attempt(&self, d: Claimed, lease_deadline: Instant) -> Outcome {
         let started_at = OffsetDateTime::now_utc();
         let clock = Instant::now();
         let result = self.send(&d, started_at.unix_timestamp()).await;
@@ -189,26 +147,28 @@ impl Dispatcher {
         let mut outcome = Outcome {
             delivery_id: d.id,
             subscription_id: d.subscription_id,
+            lease_token: d.lease_token,
+            lease_deadline,
             attempt: d.attempts,
             started_at,
             duration_ms: i32::try_from(duration.as_millis()).unwrap_or(i32::MAX),
             response_status: None,
             response_body: None,
             error: None,
-            status: "pending",
+            status: DeliveryStatus::Pending,
             next_attempt_at: started_at,
-            success: false,
             disable: None,
         };
         let mut retry_after = None;
         let mut permanent = false;
+        let mut success = false;
         match result {
             Ok(response) => {
                 let status = response.status;
                 outcome.response_status = Some(i32::from(status));
                 outcome.response_body = Some(response.body);
                 if (200..300).contains(&status) {
-                    outcome.success = true;
+                    success = true;
                 } else if status == 410 {
                     permanent = true;
                     outcome.disable = Some("endpoint answered 410 Gone".to_owned());
@@ -218,11 +178,11 @@ impl Dispatcher {
             }
             Err(AttemptError::Refused(why)) => {
                 permanent = true;
-                outcome.error = Some(why);
+                outcome.error = Some(storable(why));
             }
-            Err(AttemptError::Transport(why)) => outcome.error = Some(why),
+            Err(AttemptError::Transport(why)) => outcome.error = Some(storable(why)),
         }
-        let label = if outcome.success {
+        let label = if success {
             "success"
         } else if permanent {
             "refused"
@@ -230,17 +190,18 @@ impl Dispatcher {
             "failure"
         };
         metrics::counter!("webhook_attempts_total", "outcome" => label).increment(1);
-        if outcome.success {
-            outcome.status = "succeeded";
+        if success {
+            outcome.status = DeliveryStatus::Succeeded;
         } else if permanent || d.attempts >= d.max_attempts {
-            outcome.status = "failed";
+            outcome.status = DeliveryStatus::Failed;
         } else {
             let wait = backoff(&self.config, d.attempts).max(retry_after.unwrap_or_default());
             let wait = wait.min(Duration::from_secs(self.config.retry_max_secs));
             outcome.next_attempt_at = started_at + wait;
         }
-        if outcome.status != "pending" {
-            metrics::counter!("webhook_deliveries_total", "outcome" => outcome.status).increment(1);
+        if outcome.status != DeliveryStatus::Pending {
+            metrics::counter!("webhook_deliveries_total", "outcome" => outcome.status.as_str())
+                .increment(1);
         }
         outcome
     }
@@ -249,7 +210,9 @@ impl Dispatcher {
         let url = reqwest::Url::parse(&d.url)
             .map_err(|e| AttemptError::Refused(format!("invalid url: {e}")))?;
         if let Some(ip) = literal_ip(&url) {
-            self.policy.check(ip).map_err(AttemptError::Refused)?;
+            self.policy
+                .check(ip)
+                .map_err(|r| AttemptError::Refused(r.to_string()))?;
         }
         let keys: Vec<SigningKey> = d
             .secrets
@@ -285,7 +248,7 @@ impl Dispatcher {
             .body(d.payload.clone())
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(&e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -303,64 +266,19 @@ impl Dispatcher {
         Ok(Response {
             status,
             retry_after,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         })
     }
 }
 
-/// The address of a URL whose host is an IP literal.
-pub fn literal_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
-    url.host_str()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
-}
-
-struct Response {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: String,
-}
-
-enum AttemptError {
-    /// The destination is not allowed: retrying cannot help.
-    Refused(String),
-    /// Connection, TLS or timeout failure.
-    Transport(String),
-}
-
-fn classify(err: reqwest::Error) -> AttemptError {
-    let mut source: Option<&dyn std::error::Error> = Some(&err);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if text.starts_with("destination ") && text.contains(" refused: ") {
-            return AttemptError::Refused(text);
-        }
-        source = e.source();
-    }
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
+/// Error text goes into `text` columns, which refuse 0x00; such a byte (from a peer's reply
+/// echoed in a library's message) becomes U+FFFD.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
     } else {
-        "request failed"
-    };
-    AttemptError::Transport(format!(
-        "{kind}: {}",
-        std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string())
-    ))
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        text
     }
-    let at =
-        OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc2822).ok()?;
-    let secs = (at - OffsetDateTime::now_utc()).whole_seconds();
-    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 /// `retry_base_ms * 2^(attempt-1)`, ±20 % jitter.
@@ -371,29 +289,6 @@ fn backoff(config: &DeliveryConfig, attempt: i32) -> Duration {
     let base = config.retry_base_ms.saturating_mul(1u64 << exp) as f64;
     let jitter = 0.8 + rand::random::<f64>() * 0.4;
     Duration::from_millis((base * jitter) as u64)
-}
-
-async fn record_outcomes(store: Store, mut rx: mpsc::Receiver<Outcome>, disable_after: i32) {
-    let mut batch = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match store.record(&batch, disable_after).await {
-                Ok(()) => break,
-                Err(err) => {
-                    // Claims stay leased meanwhile; if this never succeeds the lease expires
-                    // and the deliveries are attempted again (same webhook-id).
-                    tracing::warn!(error = %err, outcomes = batch.len(), "recording attempts failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    if delay >= Duration::from_secs(5) && rx.is_closed() {
-                        break;
-                    }
-                }
-            }
-        }
-        batch.clear();
-    }
 }
 
 #[cfg(test)]
@@ -416,12 +311,8 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_accepts_seconds_and_dates() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
+    fn error_text_never_carries_nul() {
+        assert_eq!(storable("a\0b".to_owned()), "a\u{FFFD}b");
+        assert_eq!(storable("plain".to_owned()), "plain");
     }
 }

@@ -399,9 +399,8 @@ async fn gone_disables_and_retry_after_is_honoured() {
 
     let busy = Receiver::start().await;
     busy.script([Reply {
-        status: 429,
         headers: vec![("retry-after", "2".to_owned())],
-        delay: Duration::ZERO,
+        ..Reply::status(429)
     }]);
     api.subscribe(&busy.url(), &["product.*"], json!({})).await;
     publisher
@@ -568,11 +567,7 @@ async fn a_killed_dispatcher_loses_nothing_after_restart() {
     let nats = NatsServer::start();
     let db = TestDatabase::create().await;
     let receiver = Receiver::start().await;
-    receiver.always(Reply {
-        status: 200,
-        headers: vec![],
-        delay: Duration::from_millis(50),
-    });
+    receiver.always(Reply::delayed(200, Duration::from_millis(50)));
     let extra = [
         ("DELIVERY__LEASE_SECS", "3"),
         ("INTAKE__ACK_WAIT_SECS", "2"),

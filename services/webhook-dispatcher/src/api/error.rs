@@ -22,6 +22,14 @@ pub enum ApiError {
     /// No such resource (404).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The resource is in a state that does not allow this now (409).
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable code, e.g. `delivery_in_flight`.
+        code: &'static str,
+        /// What to do.
+        message: &'static str,
+    },
     /// Missing or invalid credentials (401).
     #[error("unauthorized")]
     Unauthorized,
@@ -46,6 +54,7 @@ impl IntoResponse for ApiError {
             Self::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Database(err) => {
                 tracing::error!(error = %err, "api request failed");

@@ -26,7 +26,7 @@ use crate::intake::PatternCache;
 use crate::pattern::Pattern;
 use crate::signing::{SigningKey, generate_secret};
 use crate::ssrf::AddressPolicy;
-use crate::store::{NewSubscription, Store, SubscriptionPatch};
+use crate::store::{NewSubscription, Redelivery, Store, SubscriptionPatch};
 use crate::worker::literal_ip;
 
 /// The OpenAPI document served at `/openapi.json`.
@@ -135,7 +135,7 @@ fn validate_url(state: &ApiState, raw: &str) -> Result<(), ApiError> {
         state
             .policy
             .check(ip)
-            .map_err(|why| ApiError::field("url", why))?;
+            .map_err(|why| ApiError::field("url", why.to_string()))?;
     }
     Ok(())
 }
@@ -488,8 +488,15 @@ async fn redeliver(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !state.store.redeliver(parse_id(&id)?).await? {
-        return Err(ApiError::NotFound("delivery"));
+    match state.store.redeliver(parse_id(&id)?).await? {
+        Redelivery::Scheduled => {}
+        Redelivery::NotFound => return Err(ApiError::NotFound("delivery")),
+        Redelivery::InFlight => {
+            return Err(ApiError::Conflict {
+                code: "delivery_in_flight",
+                message: "an attempt of this delivery is in flight; retry after it is recorded",
+            });
+        }
     }
     state.work_ready.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "pending"}))).into_response())

@@ -29,12 +29,14 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// A scripted response: status, extra headers, delay before answering.
+/// A scripted response: status, extra headers, delay before answering, body (a greeting when
+/// `None`).
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    pub body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -43,6 +45,14 @@ impl Reply {
             status,
             headers: vec![],
             delay: Duration::ZERO,
+            body: None,
+        }
+    }
+
+    pub fn delayed(status: u16, delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::status(status)
         }
     }
 }
@@ -120,11 +130,8 @@ async fn receive(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = (
-        StatusCode::from_u16(reply.status).unwrap(),
-        "receiver says hi",
-    )
-        .into_response();
+    let body = reply.body.unwrap_or_else(|| b"receiver says hi".to_vec());
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), body).into_response();
     for (k, v) in reply.headers {
         response.headers_mut().insert(k, v.parse().unwrap());
     }
@@ -193,6 +200,19 @@ impl Dispatcher {
         Api {
             base: format!("http://{}", self.addr),
         }
+    }
+
+    /// The value of a metric series on `/metrics` (see [`test_support::metric`]).
+    pub async fn metric(&self, name: &str, label: &str) -> f64 {
+        let text = http_client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        test_support::metric(&text, name, label)
     }
 }
 

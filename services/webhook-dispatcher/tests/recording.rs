@@ -1,0 +1,207 @@
+//! Claiming and recording against a real PostgreSQL: what a claim takes, and that no outcome
+//! can hold up the others.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use test_support::TestDatabase;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use webhook_dispatcher::store::{
+    Claimed, DeliveryStatus, LocalLoad, NewSubscription, Outcome, Store,
+};
+use webhook_dispatcher::worker::recorder::{RecordReport, Recorder};
+
+async fn store(db: &TestDatabase) -> Store {
+    let pool = PgPool::connect(db.url()).await.unwrap();
+    webhook_dispatcher::MIGRATOR.run(&pool).await.unwrap();
+    Store::new(pool)
+}
+
+async fn subscription(store: &Store, max_concurrency: i32, rate: Option<i32>) -> Uuid {
+    store
+        .create_subscription(&NewSubscription {
+            url: "https://example.com/hook".to_owned(),
+            event_types: vec!["*".to_owned()],
+            description: String::new(),
+            max_attempts: 3,
+            rate_limit_per_sec: rate,
+            max_concurrency,
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// `n` due deliveries for `sub`.
+async fn due(store: &Store, sub: Uuid, n: usize) {
+    let events: Vec<(Uuid, String, String)> = (0..n)
+        .map(|_| (Uuid::now_v7(), "deal.created".to_owned(), "{}".to_owned()))
+        .collect();
+    let deliveries: Vec<(Uuid, Uuid, String)> = events
+        .iter()
+        .map(|(id, t, _)| (*id, sub, t.clone()))
+        .collect();
+    store.insert_outbox(&events, &deliveries).await.unwrap();
+}
+
+async fn claim(store: &Store, limit: i64, local: &[LocalLoad]) -> Vec<Claimed> {
+    store.claim(limit, 60, Uuid::now_v7(), local).await.unwrap()
+}
+
+fn success(c: &Claimed) -> Outcome {
+    let now = OffsetDateTime::now_utc();
+    Outcome {
+        delivery_id: c.id,
+        subscription_id: c.subscription_id,
+        lease_token: c.lease_token,
+        lease_deadline: Instant::now() + Duration::from_secs(60),
+        attempt: c.attempts,
+        started_at: now,
+        duration_ms: 5,
+        response_status: Some(200),
+        response_body: Some(b"ok\0\xff".to_vec()),
+        error: None,
+        status: DeliveryStatus::Succeeded,
+        next_attempt_at: now,
+        disable: None,
+    }
+}
+
+async fn attempts(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_attempts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rejected_outcome_is_dropped_alone_and_the_rest_are_recorded() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let sub = subscription(&store, 16, None).await;
+    due(&store, sub, 7).await;
+    let claimed = claim(&store, 10, &[]).await;
+    assert_eq!(claimed.len(), 7);
+    let mut batch: Vec<Outcome> = claimed.iter().map(success).collect();
+    // PostgreSQL `text` refuses 0x00: this row can never be written as it is.
+    batch[3].error = Some("broken\0".to_owned());
+    let report = Recorder::new(store.clone(), 0).record(batch).await;
+    assert_eq!(
+        report,
+        RecordReport {
+            recorded: 6,
+            rejected: 1,
+            ..RecordReport::default()
+        }
+    );
+    assert_eq!(attempts(&store).await, 6);
+    // Response bodies are stored byte for byte, NUL and non-UTF-8 included.
+    let d = store.get_delivery(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(d.status, "succeeded");
+    assert_eq!(
+        d.attempt_log[0].response_body.as_deref(),
+        Some(&b"ok\0\xff"[..])
+    );
+    let shown = serde_json::to_value(&d.attempt_log[0]).unwrap();
+    assert_eq!(shown["response_body"], "ok\u{0}\u{FFFD}");
+    assert_eq!(shown["response_body_base64"], "b2sA/w==");
+}
+
+#[tokio::test]
+async fn outcomes_of_vanished_deliveries_are_dropped_without_failing_the_batch() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let gone = subscription(&store, 16, None).await;
+    let kept = subscription(&store, 16, None).await;
+    due(&store, gone, 2).await;
+    due(&store, kept, 2).await;
+    let claimed = claim(&store, 10, &[]).await;
+    assert_eq!(claimed.len(), 4);
+    assert!(store.delete_subscription(gone).await.unwrap());
+    let batch: Vec<Outcome> = claimed.iter().map(success).collect();
+    let done = store.record(&batch, 100).await.unwrap();
+    assert_eq!(done.recorded, 2);
+    assert_eq!(done.vanished.len(), 2);
+    assert!(done.lease_lost.is_empty());
+    assert_eq!(attempts(&store).await, 2);
+}
+
+#[tokio::test]
+async fn an_outcome_is_recorded_only_under_its_own_claim() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let sub = subscription(&store, 16, None).await;
+    due(&store, sub, 1).await;
+    let first = claim(&store, 10, &[]).await.remove(0);
+    // Its lease runs out before the outcome is written, and another claim takes it over.
+    sqlx::query("UPDATE webhook_deliveries SET lease_until = now() - interval '1 second'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let second = claim(&store, 10, &[]).await.remove(0);
+    assert_eq!((second.id, second.attempts), (first.id, 2));
+    assert_ne!(second.lease_token, first.lease_token);
+
+    let late = store.record(&[success(&first)], 0).await.unwrap();
+    assert_eq!((late.recorded, late.lease_lost), (0, vec![first.id]));
+    let d = store.get_delivery(first.id).await.unwrap().unwrap();
+    assert_eq!(d.status, "pending", "the newer claim still owns it");
+    assert!(
+        claim(&store, 10, &[]).await.is_empty(),
+        "and still holds it"
+    );
+
+    let current = store.record(&[success(&second)], 0).await.unwrap();
+    assert_eq!(current.recorded, 1);
+    assert_eq!(attempts(&store).await, 1);
+}
+
+#[tokio::test]
+async fn a_claim_takes_only_what_each_subscription_may_send_now() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let narrow = subscription(&store, 2, None).await;
+    let wide = subscription(&store, 16, None).await;
+    let limited = subscription(&store, 16, Some(3)).await;
+    due(&store, narrow, 5).await;
+    due(&store, wide, 4).await;
+    due(&store, limited, 5).await;
+    let count = |c: &[Claimed], sub: Uuid| c.iter().filter(|d| d.subscription_id == sub).count();
+
+    let claimed = claim(&store, 100, &[]).await;
+    assert_eq!(count(&claimed, narrow), 2, "max_concurrency");
+    assert_eq!(count(&claimed, wide), 4);
+    assert_eq!(count(&claimed, limited), 3, "one second's rate budget");
+
+    // With those in flight here, nothing more may start for narrow or limited.
+    let local = [
+        LocalLoad {
+            subscription_id: narrow,
+            in_flight: 2,
+            rate_tokens: None,
+        },
+        LocalLoad {
+            subscription_id: limited,
+            in_flight: 3,
+            rate_tokens: Some(0),
+        },
+    ];
+    assert!(claim(&store, 100, &local).await.is_empty());
+    // One slot free, one token back: one each.
+    let local = [
+        LocalLoad {
+            in_flight: 1,
+            ..local[0]
+        },
+        LocalLoad {
+            rate_tokens: Some(1),
+            ..local[1]
+        },
+    ];
+    let claimed = claim(&store, 100, &local).await;
+    assert_eq!(count(&claimed, narrow), 1);
+    assert_eq!(count(&claimed, limited), 1);
+}
