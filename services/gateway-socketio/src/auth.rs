@@ -50,6 +50,12 @@ pub enum Refusal {
     OriginNotAllowed,
     /// Per-IP connection rate exceeded.
     RateLimited,
+    /// The instance holds `limits.max_connections` sockets.
+    AtCapacity,
+    /// The client address holds `limits.max_connections_per_ip` sockets.
+    TooManyFromAddress,
+    /// The client address presented too many unknown widget keys lately.
+    UnknownKeysThrottled,
 }
 
 impl Refusal {
@@ -72,6 +78,9 @@ impl Refusal {
             Self::WidgetKeyInactive => "inactive_key",
             Self::OriginNotAllowed => "origin",
             Self::RateLimited => "rate_limited",
+            Self::AtCapacity => "capacity",
+            Self::TooManyFromAddress => "per_ip_limit",
+            Self::UnknownKeysThrottled => "unknown_key_throttled",
         }
     }
 }
@@ -95,6 +104,11 @@ impl std::fmt::Display for Refusal {
             Self::WidgetKeyInactive => "widget key inactive",
             Self::OriginNotAllowed => "origin not allowed",
             Self::RateLimited => "too many connections from this address, retry later",
+            Self::AtCapacity => "server at capacity, retry later",
+            Self::TooManyFromAddress => "too many open connections from this address",
+            Self::UnknownKeysThrottled => {
+                "too many unknown widget keys from this address, retry later"
+            }
         })
     }
 }
@@ -120,6 +134,9 @@ fn map_error(error: &jsonwebtoken::errors::Error) -> Refusal {
         ErrorKind::InvalidAlgorithm => Refusal::AlgorithmNotAllowed,
         ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
         ErrorKind::InvalidAudience => Refusal::WrongAudience,
+        // Required (configured) but absent: as wrong as a different value.
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => Refusal::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => Refusal::WrongAudience,
         _ => Refusal::Malformed,
     }
 }
@@ -146,19 +163,25 @@ fn header_fields(token: &str) -> Result<(String, Option<String>), Refusal> {
     Ok((alg, kid))
 }
 
+/// `exp` is always required; `iss` and `aud` are required as soon as they are configured.
+/// jsonwebtoken compares `iss`/`aud` only when the token carries them, so a configured claim
+/// must also be listed as required, or a token without it passes.
 fn base_validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = leeway;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    let mut required = vec!["exp"];
     if !issuer.is_empty() {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
     if audience.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&[audience]);
+        required.push("aud");
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -521,6 +544,15 @@ mod tests {
         );
         let no_exp = json!({"iss": "crm", "aud": "realtime"});
         assert_eq!(v.verify(&hs256(&no_exp)).unwrap_err(), Refusal::Malformed);
+        let no_aud = json!({"exp": now() + 60, "iss": "crm"});
+        assert_eq!(
+            v.verify(&hs256(&no_aud)).unwrap_err(),
+            Refusal::WrongAudience
+        );
+        let no_iss = json!({"exp": now() + 60, "aud": "realtime"});
+        assert_eq!(v.verify(&hs256(&no_iss)).unwrap_err(), Refusal::WrongIssuer);
+        // Not configured: not required.
+        assert!(verifier("", "").verify(&hs256(&no_iss)).is_ok());
 
         let forged = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

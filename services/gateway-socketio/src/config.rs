@@ -2,7 +2,8 @@
 //! `docs/gateway-socketio.md`.
 
 use serde::{Deserialize, Serialize};
-use service_runtime::{ConfigError, Validate};
+use service_runtime::net::ClientIpPolicy;
+use service_runtime::{ConfigError, Validate, reject_placeholder};
 
 /// Everything specific to the Socket.IO gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub socketio: SocketIoConfig,
     /// Cluster-wide socket counts.
     pub metrics: MetricsConfig,
+    /// Connection caps and how the client address is found.
+    pub limits: LimitsConfig,
 }
 
 /// The signature algorithm `/admin` tokens must use.
@@ -57,6 +60,9 @@ pub struct AdminConfig {
     pub subscribe_claim: String,
     /// Rooms one socket may be in through `subscribe`.
     pub max_subscriptions: usize,
+    /// Targets (ids, domains, channels) one `subscribe`/`unsubscribe` may name; a payload
+    /// naming more is refused whole, before any of it is looked at.
+    pub max_targets_per_request: usize,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -77,6 +83,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("leeway_secs", &self.leeway_secs)
             .field("subscribe_claim", &self.subscribe_claim)
             .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_targets_per_request", &self.max_targets_per_request)
             .finish()
     }
 }
@@ -92,6 +99,7 @@ impl Default for AdminConfig {
             leeway_secs: 0,
             subscribe_claim: String::new(),
             max_subscriptions: 1000,
+            max_targets_per_request: crate::policy::DEFAULT_MAX_TARGETS,
         }
     }
 }
@@ -156,6 +164,18 @@ pub struct WidgetConfig {
     pub request_timeout_ms: u64,
     /// Largest `discord:request-send` payload forwarded, in bytes.
     pub max_request_bytes: usize,
+    /// Widget keys held in the lookup cache; beyond it the oldest entries are dropped.
+    pub cache_entries: usize,
+    /// Handshakes per minute and client address whose key is not cached and turns out not to
+    /// exist (a token bucket holding this many); past it, keys that are not cached are refused
+    /// without asking PostgreSQL. 0 = unlimited.
+    pub unknown_keys_per_minute: u32,
+    /// `discord:request-send` per minute and socket (a token bucket holding this many);
+    /// 0 = unlimited.
+    pub discord_per_socket_per_minute: u32,
+    /// `discord:request-send` per minute and widget key, over all its sockets on this
+    /// instance; 0 = unlimited.
+    pub discord_per_key_per_minute: u32,
 }
 
 impl Default for WidgetConfig {
@@ -164,6 +184,10 @@ impl Default for WidgetConfig {
             cache_secs: 10,
             request_timeout_ms: 5000,
             max_request_bytes: 16 * 1024,
+            cache_entries: 10_000,
+            unknown_keys_per_minute: 20,
+            discord_per_socket_per_minute: 6,
+            discord_per_key_per_minute: 120,
         }
     }
 }
@@ -172,17 +196,48 @@ impl Default for WidgetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatConfig {
-    /// New connections per client IP per minute; 0 = unlimited.
+    /// New connections per client address (IPv6: per /64) per minute; 0 = unlimited.
     pub connections_per_minute: u32,
-    /// Use the first `X-Forwarded-For` address as the client IP (behind a trusted proxy only).
-    pub trust_forwarded_for: bool,
+    /// Moved to `limits.trust_forwarded_for`; still read only to refuse it with a clear error,
+    /// as ignoring it would silently count every client behind a proxy as the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_forwarded_for: Option<bool>,
 }
 
 impl Default for StatConfig {
     fn default() -> Self {
         Self {
             connections_per_minute: 60,
-            trust_forwarded_for: false,
+            trust_forwarded_for: None,
+        }
+    }
+}
+
+/// Connection caps, on every namespace, and the client address they are counted by.
+///
+/// Each namespace socket holds one place (a socket.io-client connection to `/admin` and
+/// `/widget` over one Engine.IO connection holds two): a namespace socket is what carries
+/// handlers, rooms and the token expiry. An Engine.IO connection that joins no namespace is
+/// closed after `socketio.connect_timeout_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Namespace sockets on this instance; past it, handshakes are refused.
+    pub max_connections: usize,
+    /// Namespace sockets per client address (IPv6: per /64).
+    pub max_connections_per_ip: usize,
+    /// `trust_forwarded_for` and `trusted_proxies` (CIDRs): with both, the client is the
+    /// right-most `X-Forwarded-For` address that is not a trusted proxy.
+    #[serde(flatten)]
+    pub client_ip: ClientIpPolicy,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_connections_per_ip: 200,
+            client_ip: ClientIpPolicy::default(),
         }
     }
 }
@@ -255,6 +310,18 @@ const PROVIDER_ALGORITHMS: [&str; 6] = ["ES256", "ES384", "RS256", "RS384", "RS5
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        // Shipped placeholders (k8s/gateway-socketio.yaml) are refused whether or not the
+        // value is in use: a deployment that still carries one was not finished.
+        reject_placeholder("admin.secret", &self.admin.secret)?;
+        for (i, key) in self.api.keys.iter().enumerate() {
+            reject_placeholder(&format!("api.keys[{i}]"), key)?;
+        }
+        if self.stat.trust_forwarded_for.is_some() {
+            return Err(ConfigError::new(
+                "stat.trust_forwarded_for",
+                "moved to limits.trust_forwarded_for (with limits.trusted_proxies)",
+            ));
+        }
         match self.admin.algorithm {
             AdminAlgorithm::HS256 if self.admin.secret.len() < 16 => {
                 return Err(ConfigError::new(
@@ -324,6 +391,16 @@ impl Validate for Config {
                 self.socketio.connect_timeout_secs,
             ),
             ("metrics.interval_secs", self.metrics.interval_secs),
+            (
+                "admin.max_targets_per_request",
+                self.admin.max_targets_per_request as u64,
+            ),
+            ("widget.cache_entries", self.widget.cache_entries as u64),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
             ("widget.request_timeout_ms", self.widget.request_timeout_ms),
             (
                 "provider.jwks_timeout_secs",
@@ -343,3 +420,6 @@ impl Validate for Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

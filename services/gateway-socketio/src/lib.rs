@@ -5,6 +5,9 @@
 
 pub mod auth;
 pub mod config;
+mod discord;
+mod key_cache;
+mod limits;
 pub mod policy;
 mod relay;
 mod sockets;
@@ -56,7 +59,12 @@ pub async fn run(
         .db
         .clone()
         .ok_or_else(|| ConfigError::new("database.url", "is required (widget keys)"))?;
-    let widgets = widget::WidgetKeys::new(pool, Duration::from_secs(service.widget.cache_secs));
+    let widgets = widget::WidgetKeys::new(
+        pool,
+        Duration::from_secs(service.widget.cache_secs),
+        service.widget.cache_entries,
+        service.widget.unknown_keys_per_minute,
+    );
 
     let state = Arc::new(sockets::Gateway::new(
         service.clone(),
@@ -72,6 +80,11 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(io_config.connect_timeout_secs))
         .max_buffer_size(io_config.max_buffer)
         .max_payload(io_config.max_payload_bytes)
+        // max_payload bounds long-polling bodies only; the WebSocket transport has its own
+        // limits (64 MiB / 16 MiB by default). A larger message or frame is refused as soon as
+        // its header is read and closes the transport, as Node's socket.io does.
+        .ws_max_message_size(ws_limit(io_config.max_payload_bytes))
+        .ws_max_frame_size(ws_limit(io_config.max_payload_bytes))
         .ws_read_buffer_size(io_config.ws_read_buffer_bytes)
         .with_state(Arc::clone(&state))
         .build_svc();
@@ -169,6 +182,10 @@ async fn detach_request(request: axum::extract::Request) -> axum::extract::Reque
     }
     *owned.extensions_mut() = parts.extensions;
     owned
+}
+
+fn ws_limit(max_payload_bytes: u64) -> usize {
+    usize::try_from(max_payload_bytes).unwrap_or(usize::MAX)
 }
 
 fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {

@@ -367,7 +367,7 @@ mod tests {
         );
         assert_matches_schema(
             "discord-request.schema.json",
-            &crate::sockets::discord_body("wk_abcdef", Some("https://a.example"), Value::Null),
+            &crate::discord::discord_body("wk_abcdef", Some("https://a.example"), Value::Null),
         );
     }
 }

@@ -3,21 +3,23 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
-use serde_json::{Value, json};
+use serde_json::Value;
+use service_runtime::net::{ConnectionLimiter, limit_key};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use tokio::sync::Semaphore;
 
 use crate::auth::{AdminVerifier, Principal, ProviderVerifier, Refusal};
 use crate::config::Config;
+use crate::discord::{KeyBudgets, SocketBudget, discord_request};
+use crate::limits::{ConnectionSlot, admit, client_ip};
 use crate::policy;
 use crate::widget::WidgetKeys;
 
@@ -35,7 +37,10 @@ pub struct Gateway {
     pub(crate) counts: [AtomicI64; 4],
     expiry: Mutex<BTreeSet<(i64, Sid, &'static str)>>,
     stat_windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-    discord_slots: Semaphore,
+    /// Places of namespace sockets, in total and per client address (`limits.*`).
+    limiter: Arc<ConnectionLimiter>,
+    pub(crate) discord_slots: Semaphore,
+    pub(crate) discord_keys: KeyBudgets,
     /// The last `socket_metrics_updated` body, for sockets that join after it was sent.
     pub(crate) cluster_counts: Mutex<Option<Arc<Value>>>,
 }
@@ -55,6 +60,12 @@ impl Gateway {
         widgets: WidgetKeys,
         nats: async_nats::Client,
     ) -> Self {
+        let limiter = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+            "socketio_connection_slots",
+        );
+        let discord_keys = KeyBudgets::new(config.widget.discord_per_key_per_minute);
         Self {
             config,
             admin,
@@ -64,7 +75,9 @@ impl Gateway {
             counts: Default::default(),
             expiry: Mutex::default(),
             stat_windows: Mutex::default(),
+            limiter,
             discord_slots: Semaphore::new(1024),
+            discord_keys,
             cluster_counts: Mutex::default(),
         }
     }
@@ -113,8 +126,10 @@ impl Gateway {
         due
     }
 
-    /// Counts a new `/stat` connection from `ip`; false when over the per-minute limit.
+    /// Counts a new `/stat` connection from `ip` (IPv6: its /64); false when over the
+    /// per-minute limit.
     fn stat_admit(&self, ip: IpAddr) -> bool {
+        let ip = limit_key(ip);
         let limit = self.config.stat.connections_per_minute;
         if limit == 0 {
             return true;
@@ -135,7 +150,7 @@ impl Gateway {
     }
 }
 
-type Shared = State<Arc<Gateway>>;
+pub(crate) type Shared = State<Arc<Gateway>>;
 
 /// Registers the namespaces on `io`.
 pub fn register(io: &SocketIo) {
@@ -143,6 +158,19 @@ pub fn register(io: &SocketIo) {
     io.ns("/provider", on_provider.with(provider_handshake));
     io.ns("/widget", on_widget.with(widget_handshake));
     io.ns("/stat", on_stat.with(stat_handshake));
+}
+
+/// The client address of a handshake and a connection place for it on `ns` (checked first on
+/// every namespace, so a refused client costs no token check or database lookup). The place is
+/// handed to the socket only when the handshake succeeds; a refused handshake drops it.
+fn admit_socket(
+    s: &SocketRef,
+    g: &Gateway,
+    ns: &'static str,
+) -> Result<(IpAddr, ConnectionSlot), Refusal> {
+    let ip = client_ip(s, &g.config.limits.client_ip);
+    let slot = admit(&g.limiter, ip).map_err(|r| refused(ns, r))?;
+    Ok((ip, slot))
 }
 
 fn refused(ns: &'static str, refusal: Refusal) -> Refusal {
@@ -171,9 +199,11 @@ async fn admin_handshake(
     State(g): Shared,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Refusal> {
+    let (_, slot) = admit_socket(&s, &g, "admin")?;
     let token = token(auth).ok_or_else(|| refused("admin", Refusal::MissingToken))?;
     let principal = g.admin.verify(&token).map_err(|r| refused("admin", r))?;
     s.extensions.insert(principal);
+    s.extensions.insert(slot);
     // Handlers are registered here, before the CONNECT packet is sent: the connect handler
     // runs later in its own task, and a client may emit as soon as it is connected (the seed
     // does, right after io()).
@@ -191,12 +221,14 @@ async fn provider_handshake(
         .provider
         .as_ref()
         .ok_or_else(|| refused("provider", Refusal::ProviderNotConfigured))?;
+    let (_, slot) = admit_socket(&s, &g, "provider")?;
     let token = token(auth).ok_or_else(|| refused("provider", Refusal::MissingToken))?;
     let principal = verifier
         .verify(&token)
         .await
         .map_err(|r| refused("provider", r))?;
     s.extensions.insert(principal);
+    s.extensions.insert(slot);
     Ok(())
 }
 
@@ -204,7 +236,9 @@ async fn provider_handshake(
 #[derive(Debug, Clone)]
 pub(crate) struct WidgetSession {
     pub(crate) key: Arc<str>,
-    origin: Option<Arc<str>>,
+    pub(crate) origin: Option<Arc<str>>,
+    /// This socket's `discord:request-send` budget.
+    pub(crate) budget: SocketBudget,
 }
 
 fn widget_key(auth: Result<Value, impl std::fmt::Debug>, s: &SocketRef) -> Option<String> {
@@ -230,6 +264,7 @@ async fn widget_handshake(
     State(g): Shared,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Refusal> {
+    let (ip, slot) = admit_socket(&s, &g, "widget")?;
     let key = widget_key(auth, &s).ok_or_else(|| refused("widget", Refusal::WidgetKeyRequired))?;
     let origin = s
         .req_parts()
@@ -239,52 +274,39 @@ async fn widget_handshake(
         .map(str::to_owned);
     let widget = g
         .widgets
-        .authorize(&key, origin.as_deref())
+        .authorize(&key, origin.as_deref(), ip)
         .await
         .map_err(|r| refused("widget", r))?;
     s.join(widget_room(&widget.key));
     s.extensions.insert(WidgetSession {
         key: Arc::from(widget.key),
         origin: origin.map(Arc::from),
+        budget: SocketBudget::new(g.config.widget.discord_per_socket_per_minute),
     });
+    s.extensions.insert(slot);
     // Before the CONNECT packet, like /admin's handlers.
     s.on("discord:request-send", discord_request);
     Ok(())
 }
 
-fn client_ip(s: &SocketRef, trust_forwarded_for: bool) -> Option<IpAddr> {
-    let parts = s.req_parts();
-    if trust_forwarded_for
-        && let Some(ip) = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-}
-
 async fn stat_handshake(s: SocketRef, State(g): Shared) -> Result<(), Refusal> {
-    let ip = client_ip(&s, g.config.stat.trust_forwarded_for);
-    match ip {
-        Some(ip) if !g.stat_admit(ip) => Err(refused("stat", Refusal::RateLimited)),
-        _ => Ok(()),
+    let (ip, slot) = admit_socket(&s, &g, "stat")?;
+    if !g.stat_admit(ip) {
+        return Err(refused("stat", Refusal::RateLimited));
     }
+    s.extensions.insert(slot);
+    Ok(())
 }
 
 /// Counts the socket and schedules its disconnect at the token's `exp`, undone exactly once
-/// when it leaves. The connect handler runs in a task spawned after the CONNECT packet went out,
-/// so the socket may already be gone: then the disconnect handler was never called, and the
-/// bookkeeping is undone here.
+/// when it leaves, which also gives back its connection place. The connect handler runs in a
+/// task spawned after the CONNECT packet went out, so the socket may already be gone: then the
+/// disconnect handler was never called, and the bookkeeping is undone here. (A socket whose
+/// CONNECT packet could not be sent never gets here; its place goes with its extensions.)
 fn track(s: &SocketRef, g: &Arc<Gateway>, ns: usize) {
     g.connected(ns);
     let name = NAMESPACES[ns];
+    let slot = s.extensions.get::<ConnectionSlot>();
     let exp = s.extensions.get::<Principal>().map(|p| p.expires_at);
     if let Some(exp) = exp {
         g.expire_at(exp, s.id, name);
@@ -295,6 +317,9 @@ fn track(s: &SocketRef, g: &Arc<Gateway>, ns: usize) {
         move || {
             if counted.swap(false, Ordering::AcqRel) {
                 g.disconnected(ns);
+                if let Some(slot) = &slot {
+                    slot.release();
+                }
                 if let Some(exp) = exp {
                     g.forget_expiry(exp, sid, name);
                 }
@@ -341,7 +366,7 @@ pub(crate) fn widget_room(key: &str) -> String {
 }
 
 /// Whether the client passed an ack callback with its event.
-struct WantsAck(bool);
+pub(crate) struct WantsAck(pub(crate) bool);
 
 impl<A: socketioxide::adapter::Adapter> FromMessageParts<A> for WantsAck {
     type Error = Infallible;
@@ -374,7 +399,12 @@ async fn subscribe(
 ) {
     let body = match (payload, s.extensions.get::<Principal>()) {
         (Ok(payload), Some(principal)) => {
-            let mut body = policy::plan(&payload, &principal.grants, true);
+            let mut body = policy::plan_within(
+                &payload,
+                &principal.grants,
+                true,
+                g.config.admin.max_targets_per_request,
+            );
             let joined = s.rooms();
             let limit = g.config.admin.max_subscriptions;
             if joined.len() + body.subscribed.len() > limit {
@@ -412,13 +442,19 @@ async fn subscribe(
 
 async fn unsubscribe(
     s: SocketRef,
+    State(g): Shared,
     TryData(payload): TryData<Value>,
     WantsAck(wants_ack): WantsAck,
     ack: AckSender,
 ) {
     let body = match payload {
         Ok(payload) => {
-            let body = policy::plan(&payload, &policy::Grants::default(), false);
+            let body = policy::plan_within(
+                &payload,
+                &policy::Grants::default(),
+                false,
+                g.config.admin.max_targets_per_request,
+            );
             if !body.subscribed.is_empty() {
                 s.leave(body.subscribed.clone());
             }
@@ -429,81 +465,4 @@ async fn unsubscribe(
         Err(_) => policy::Reply::malformed("expected a JSON object"),
     };
     reply(&s, ack, wants_ack, "unsubscribe:result", &body);
-}
-
-/// The `cmd.discord.request_send` request body.
-pub(crate) fn discord_body(key: &str, origin: Option<&str>, data: Value) -> Value {
-    json!({"widget_key": key, "origin": origin, "data": data})
-}
-
-fn discord_error(code: &str, message: &str) -> Value {
-    json!({"ok": false, "error": {"code": code, "message": message}})
-}
-
-async fn discord_request(
-    s: SocketRef,
-    State(g): Shared,
-    Data(data): Data<Value>,
-    WantsAck(wants_ack): WantsAck,
-    ack: AckSender,
-) {
-    let Some(session) = s.extensions.get::<WidgetSession>() else {
-        return;
-    };
-    let body = discord_body(&session.key, session.origin.as_deref(), data).to_string();
-    let (outcome, response) = forward_discord(&g, body).await;
-    metrics::counter!("socketio_discord_requests_total", "outcome" => outcome).increment(1);
-    if let Err(e) = s.emit("discord:request-response", &response) {
-        tracing::debug!(error = %e, "discord response not delivered");
-    }
-    if wants_ack {
-        let _ = ack.send(&response);
-    }
-}
-
-/// Sends one Discord request to the backend; returns the outcome (for metrics) and what the
-/// widget gets: the backend's JSON reply, or an error in the command-reply shape.
-async fn forward_discord(g: &Gateway, body: String) -> (&'static str, Value) {
-    use async_nats::client::RequestErrorKind;
-    const TIMEOUT: &str = "the backend did not answer in time";
-    if body.len() > g.config.widget.max_request_bytes {
-        return ("too_large", discord_error("too_large", "request too large"));
-    }
-    let Ok(_slot) = g.discord_slots.try_acquire() else {
-        return (
-            "busy",
-            discord_error("busy", "too many requests in flight, retry later"),
-        );
-    };
-    let timeout = Duration::from_millis(g.config.widget.request_timeout_ms);
-    let request = g
-        .nats
-        .request(crate::relay::DISCORD_SUBJECT, body.into_bytes().into());
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(message)) => match serde_json::from_slice::<Value>(&message.payload) {
-            Ok(value) => ("ok", value),
-            Err(_) => (
-                "invalid",
-                discord_error(
-                    "invalid_response",
-                    "the backend answered something else than JSON",
-                ),
-            ),
-        },
-        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => (
-            "unavailable",
-            discord_error("unavailable", "no backend is available for this request"),
-        ),
-        Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => {
-            ("timeout", discord_error("timeout", TIMEOUT))
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "discord request failed");
-            (
-                "error",
-                discord_error("unavailable", "the request could not be sent, retry later"),
-            )
-        }
-        Err(_) => ("timeout", discord_error("timeout", TIMEOUT)),
-    }
 }

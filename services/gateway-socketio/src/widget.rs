@@ -1,7 +1,7 @@
 //! Widget keys: the PostgreSQL table, a short-lived lookup cache for handshakes, and the
 //! operator API (`/api/widget-keys`).
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,14 @@ use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use service_runtime::net::limit_key;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::auth::Refusal;
+use crate::key_cache::AgedCache;
+use crate::limits::KeyedBuckets;
 
 /// NATS subject announcing a deactivated key to every instance.
 pub const DEACTIVATED_SUBJECT: &str = "rt.widget_keys.deactivated";
@@ -52,56 +55,49 @@ impl WidgetKey {
     }
 }
 
-/// Capacity of the lookup cache; beyond it, expired entries are dropped, then everything.
-const CACHE_LIMIT: usize = 10_000;
+/// Client addresses whose unknown-key budget is remembered at once (see [`KeyedBuckets`]).
+const THROTTLED_CLIENTS: usize = 100_000;
 
-/// A lookup result (`None`: no such key) and when it was read.
-type Cached = (Instant, Option<WidgetKey>);
-
-/// Widget keys in PostgreSQL with a brief cache in front.
+/// Widget keys in PostgreSQL with a brief cache in front. Unknown keys are cached too (`None`),
+/// and each client address may cause only `widget.unknown_keys_per_minute` lookups that find
+/// nothing, so random keys cannot turn into a stream of queries.
 #[derive(Clone)]
 pub struct WidgetKeys {
     pool: PgPool,
-    ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    cache: Arc<Mutex<AgedCache<Option<WidgetKey>>>>,
+    misses: Arc<KeyedBuckets<IpAddr>>,
 }
 
 impl std::fmt::Debug for WidgetKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WidgetKeys")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
+        f.debug_struct("WidgetKeys").finish_non_exhaustive()
     }
 }
 
 impl WidgetKeys {
-    /// Over a pool whose migrations created `widget_keys`.
-    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+    /// Over a pool whose migrations created `widget_keys`: lookups trusted for `ttl`, at most
+    /// `capacity` of them cached, `unknown_per_minute` lookups finding nothing per client
+    /// address (0 = unlimited).
+    pub fn new(pool: PgPool, ttl: Duration, capacity: usize, unknown_per_minute: u32) -> Self {
         Self {
             pool,
-            ttl,
-            cache: Arc::default(),
+            cache: Arc::new(Mutex::new(AgedCache::new(ttl, capacity))),
+            misses: Arc::new(KeyedBuckets::new(unknown_per_minute, THROTTLED_CLIENTS)),
         }
     }
 
     fn cached(&self, key: &str) -> Option<Option<WidgetKey>> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, k)| k.clone())
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key, Instant::now())
     }
 
     fn remember(&self, key: &str, value: Option<WidgetKey>) {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_LIMIT {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-        }
-        cache.insert(key.to_owned(), (Instant::now(), value));
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value, Instant::now());
     }
 
     /// Forgets a key (it changed).
@@ -112,15 +108,30 @@ impl WidgetKeys {
             .remove(key);
     }
 
-    /// Decides a `/widget` handshake.
-    pub async fn authorize(&self, key: &str, origin: Option<&str>) -> Result<WidgetKey, Refusal> {
+    /// Decides a `/widget` handshake from `client`.
+    pub async fn authorize(
+        &self,
+        key: &str,
+        origin: Option<&str>,
+        client: IpAddr,
+    ) -> Result<WidgetKey, Refusal> {
         if !is_key(key) {
             return Err(Refusal::UnknownWidgetKey);
         }
         let found = match self.cached(key) {
             Some(found) => found,
             None => {
-                let found = self.get(key).await.map_err(|e| {
+                // A token is taken before the query (so concurrent handshakes cannot all slip
+                // through) and given back when the key exists: only misses count.
+                let client = limit_key(client);
+                if !self.misses.take(&client, Instant::now()) {
+                    return Err(Refusal::UnknownKeysThrottled);
+                }
+                let looked_up = self.get(key).await;
+                if !matches!(looked_up, Ok(None)) {
+                    self.misses.refund(&client, Instant::now());
+                }
+                let found = looked_up.map_err(|e| {
                     tracing::warn!(error = %e, "widget key lookup failed");
                     Refusal::Unavailable
                 })?;
