@@ -285,6 +285,7 @@ impl DatabaseConfig {
         }
         // The URL carries the password.
         reject_placeholder("database.url", &self.url)?;
+        self.connect_options()?;
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "database.max_connections",
@@ -292,6 +293,19 @@ impl DatabaseConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl DatabaseConfig {
+    /// `url` parsed. An unparsable URL is an error naming `database.url` (never echoing it: it
+    /// may carry a password).
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
+        self.url.parse().map_err(|_| {
+            ConfigError::new(
+                "database.url",
+                "does not parse as postgres://user[:password]@host[:port]/database[?options]",
+            )
+        })
     }
 }
 
@@ -481,6 +495,10 @@ mod tests {
             (("SVC_NATS__URL", "nats://nohost"), "nats.url"),
             (("SVC_SHUTDOWN__GRACE_SECS", "0"), "shutdown.grace_secs"),
             (("SVC_DATABASE__URL", "mysql://x"), "database.url"),
+            (
+                ("SVC_DATABASE__URL", "postgres://u@h:notaport/db"),
+                "database.url",
+            ),
             (("SVC_FEATURE__LIMIT", "1000"), "feature.limit"),
             (
                 ("SVC_DATABASE__URL", "postgres://u:CHANGE-ME-example@db/x"),

@@ -7,19 +7,16 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DatabaseConfig;
+use crate::backoff::Backoff;
+use crate::config::{ConfigError, DatabaseConfig};
 
-/// A pool that connects on first use, so a service starts while PostgreSQL is away.
-pub fn lazy_pool(config: &DatabaseConfig) -> PgPool {
-    PgPoolOptions::new()
+/// A pool that connects on first use, so a service starts while PostgreSQL is away. A URL
+/// that does not parse is a configuration error, never a silent fallback to defaults.
+pub fn lazy_pool(config: &DatabaseConfig) -> Result<PgPool, ConfigError> {
+    Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
-        .connect_lazy(&config.url)
-        .unwrap_or_else(|_| {
-            // The URL was validated at start-up; an unparsable one still yields a pool that
-            // fails every query, which readiness reports.
-            PgPoolOptions::new().connect_lazy_with(Default::default())
-        })
+        .connect_lazy_with(config.connect_options()?))
 }
 
 /// Runs `migrator`, retrying with backoff while PostgreSQL does not answer, until it succeeds
@@ -30,22 +27,18 @@ pub async fn migrate_with_retry(
     migrator: &Migrator,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match migrator.run(pool).await {
             Ok(()) => {
                 tracing::info!("migrations applied");
                 return true;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "migrations not applied yet")
-            }
+            Err(err) => tracing::warn!(error = %err, "migrations not applied yet"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            return false;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

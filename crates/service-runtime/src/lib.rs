@@ -8,8 +8,10 @@
 //! `/healthz`, `/readyz` and `/metrics` until shutdown, bounded by the grace period.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod config;
 pub mod db;
+pub mod http_api;
 pub mod nats;
 pub mod net;
 pub mod ops;
@@ -19,8 +21,6 @@ pub mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -33,8 +33,9 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use backoff::Backoff;
 pub use config::{CommonConfig, ConfigError, ConfigSource, Settings, Validate, reject_placeholder};
-pub use ops::Readiness;
+pub use ops::{Readiness, ReadyFlag};
 
 /// Identity of a service binary.
 #[derive(Debug, Clone, Copy)]
@@ -89,14 +90,31 @@ pub enum ServiceError {
     Component(String),
 }
 
-/// The whole life of a service process: arguments, configuration, telemetry, listener, signal
-/// handling, then `run`. Exit codes: 0 after a clean shutdown, 64 for invalid configuration or
-/// arguments (including what only `run` can check), 1 when `run` fails otherwise.
-#[allow(clippy::print_stderr)]
+/// The whole life of a service process whose configuration needs nothing beyond
+/// [`Validate`]: [`main_with`] with no preparation step.
 pub fn main<S, F, Fut>(spec: ServiceSpec, run: F) -> ExitCode
 where
     S: DeserializeOwned + Serialize + Default + Validate,
     F: FnOnce(Settings<S>, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    main_with(spec, |_: &Settings<S>| Ok(()), |s, (), l, t| run(s, l, t))
+}
+
+/// The whole life of a service process: arguments, configuration, `prepare`, telemetry,
+/// listener, signal handling, then `run`.
+///
+/// `prepare` turns the settings into what `run` needs already parsed (verifiers from PEM keys,
+/// CORS layers, networks, store clients); it runs **before the port is bound**, so every
+/// configuration error is reported without the service ever listening. Exit codes: 0 after a
+/// clean shutdown, 64 for invalid configuration or arguments (including what `prepare` or
+/// `run` finds), 1 when `run` fails otherwise.
+#[allow(clippy::print_stderr)]
+pub fn main_with<S, P, B, F, Fut>(spec: ServiceSpec, prepare: B, run: F) -> ExitCode
+where
+    S: DeserializeOwned + Serialize + Default + Validate,
+    B: FnOnce(&Settings<S>) -> Result<P, ConfigError>,
+    F: FnOnce(Settings<S>, P, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
     let args = match Args::try_parse() {
@@ -133,6 +151,15 @@ where
         }
     };
     runtime.block_on(async move {
+        // Inside the runtime: preparing may build clients that need one.
+        let prepared = match prepare(&config) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = %err, "invalid configuration");
+                eprintln!("{}: {err}", spec.name);
+                return ExitCode::from(config::EXIT_INVALID_CONFIG);
+            }
+        };
         let listen = config.common.http.listen;
         let listener = match TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -142,7 +169,7 @@ where
             }
         };
         let shutdown = shutdown::on_signal();
-        match run(config, listener, shutdown).await {
+        match run(config, prepared, listener, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -207,30 +234,19 @@ impl ServiceContext {
             }
         });
 
-        let provisioned = Arc::new(AtomicBool::new(false));
+        let provisioned = readiness.flag("jetstream", "stream not provisioned yet");
         {
-            let (js, settings, token, flag) = (
+            let (js, settings, token) = (
                 jetstream.clone(),
                 common.nats.events_stream(),
                 shutdown.clone(),
-                Arc::clone(&provisioned),
             );
             tokio::spawn(async move {
                 if nats::provision_events_stream(&js, &settings, &token).await {
-                    flag.store(true, Ordering::Release);
+                    provisioned.set();
                 }
             });
         }
-        readiness.add("jetstream", move || {
-            let done = provisioned.load(Ordering::Acquire);
-            async move {
-                if done {
-                    Ok(())
-                } else {
-                    Err("stream not provisioned yet".to_owned())
-                }
-            }
-        });
 
         let db = if common.database.url.is_empty() {
             None
@@ -240,7 +256,7 @@ impl ServiceContext {
                 migrator,
                 &shutdown,
                 &mut readiness,
-            ))
+            )?)
         };
 
         Ok(Self {
@@ -278,21 +294,24 @@ fn start_database(
     migrator: Option<&'static Migrator>,
     shutdown: &CancellationToken,
     readiness: &mut Readiness,
-) -> PgPool {
-    let migrated = Arc::new(AtomicBool::new(migrator.is_none()));
-    let pool = db::lazy_pool(config);
-    if let Some(migrator) = migrator {
-        let (pool, token, flag) = (pool.clone(), shutdown.clone(), Arc::clone(&migrated));
-        tokio::spawn(async move {
-            if db::migrate_with_retry(&pool, migrator, &token).await {
-                flag.store(true, Ordering::Release);
-            }
-        });
+) -> Result<PgPool, ConfigError> {
+    let migrated = ReadyFlag::default();
+    let pool = db::lazy_pool(config)?;
+    match migrator {
+        Some(migrator) => {
+            let (pool, token, flag) = (pool.clone(), shutdown.clone(), migrated.clone());
+            tokio::spawn(async move {
+                if db::migrate_with_retry(&pool, migrator, &token).await {
+                    flag.set();
+                }
+            });
+        }
+        None => migrated.set(),
     }
     let check_pool = pool.clone();
     readiness.add("postgres", move || {
         let pool = check_pool.clone();
-        let migrated = migrated.load(Ordering::Acquire);
+        let migrated = migrated.is_set();
         async move {
             db::ping(&pool)
                 .await
@@ -304,5 +323,5 @@ fn start_database(
             }
         }
     });
-    pool
+    Ok(pool)
 }

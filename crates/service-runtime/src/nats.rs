@@ -7,6 +7,7 @@ use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 
 /// Why the client could not be created (bad options; unreachable servers are retried instead).
@@ -45,27 +46,13 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Client, N
     Ok(options.connect(servers).await?)
 }
 
-/// 0 ms, then 100 ms doubling to a 5 s cap, with up to 20 % jitter.
+/// 0 ms, then 100 ms doubling to a 5 s cap, with ±20 % jitter.
 fn reconnect_delay(attempts: usize) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
+    const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => RECONNECT.delay(u32::try_from(n - 1).unwrap_or(u32::MAX)),
     }
-    let exp = 100u64.saturating_mul(1u64 << (attempts - 1).min(16) as u32);
-    let capped = exp.min(5_000);
-    let jitter = rand_jitter(capped / 5);
-    Duration::from_millis(capped - jitter)
-}
-
-fn rand_jitter(max: u64) -> u64 {
-    if max == 0 {
-        return 0;
-    }
-    // Spread reconnect storms; cryptographic quality is not needed.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    u64::from(nanos) % max
 }
 
 /// Whether the client is connected right now.
@@ -80,22 +67,18 @@ pub async fn provision_events_stream(
     settings: &events::provision::StreamSettings,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match events::provision::ensure_stream(js, settings).await {
             Ok(info) => {
                 tracing::info!(stream = %info.config.name, messages = info.state.messages, "stream provisioned");
                 return true;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "stream provisioning failed")
-            }
+            Err(err) => tracing::warn!(error = %err, "stream provisioning failed"),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            return false;
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -106,8 +89,8 @@ mod tests {
     #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(reconnect_delay(1), Duration::ZERO);
-        assert!(reconnect_delay(2) <= Duration::from_millis(200));
-        assert!(reconnect_delay(2) >= Duration::from_millis(160));
+        assert!(reconnect_delay(2) <= Duration::from_millis(120));
+        assert!(reconnect_delay(2) >= Duration::from_millis(80));
         for n in 10..100 {
             let d = reconnect_delay(n);
             assert!(

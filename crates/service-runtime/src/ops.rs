@@ -23,6 +23,27 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// A readiness condition set by the work it waits for; see [`Readiness::flag`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    /// The condition holds (again).
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// The condition no longer holds.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    /// Whether the condition holds.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The dependency checks behind `/readyz`.
 #[derive(Clone, Default)]
 pub struct Readiness {
@@ -53,6 +74,25 @@ impl Readiness {
             name,
             Arc::new(move || Box::pin(check()) as BoxFuture<'static, _>),
         ));
+    }
+
+    /// Adds a check that passes once the returned flag is set: for background work that must
+    /// have finished once (a subscription made, a stream provisioned, migrations run).
+    /// `pending` is what `/readyz` says until then.
+    pub fn flag(&mut self, name: &'static str, pending: &'static str) -> ReadyFlag {
+        let flag = ReadyFlag::default();
+        let seen = flag.clone();
+        self.add(name, move || {
+            let ready = seen.is_set();
+            async move {
+                if ready {
+                    Ok(())
+                } else {
+                    Err(pending.to_owned())
+                }
+            }
+        });
+        flag
     }
 
     /// Marks the service as draining: `/readyz` answers 503 from now on.

@@ -145,3 +145,34 @@ pub fn accepts_example_config(bin: &str, prefix: &str, name: &str, extra: &[(&st
         .expect("exits on SIGTERM");
     assert_eq!(status.code(), Some(0), "logs:\n{}", service.logs());
 }
+
+/// A setting that only the service's own preparation can judge (a PEM key, a CORS origin, a
+/// network) is refused with exit 64 naming `key`, **before the port is bound**: the test holds
+/// the port itself, so a service that bound first would fail with "address in use" (exit 1)
+/// instead.
+pub fn rejects_prepared_config_before_binding(
+    bin: &str,
+    prefix: &str,
+    bad: &[(&str, &str)],
+    key: &str,
+) {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let mut command = Command::new(bin);
+    command
+        .env(format!("{prefix}NATS__URL"), "nats://127.0.0.1:4222")
+        .env(format!("{prefix}HTTP__LISTEN"), format!("127.0.0.1:{port}"))
+        .env(format!("{prefix}LOG__FORMAT"), "json");
+    for (k, v) in bad {
+        command.env(format!("{prefix}{k}"), v);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("invalid configuration"))
+        .unwrap_or_else(|| panic!("no configuration error line:\n{stderr}"));
+    assert!(line.contains(key), "{line}");
+    drop(held);
+}
