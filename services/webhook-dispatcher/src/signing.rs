@@ -129,7 +129,8 @@ pub fn verify_seed_header(
         }
     }
     let Some(t) = timestamp else { return false };
-    if (now - t).abs() > tolerance_secs {
+    // abs_diff: a hostile `t` near i64::MIN/MAX must not overflow; a negative tolerance is 0.
+    if now.abs_diff(t) > u64::try_from(tolerance_secs).unwrap_or(0) {
         return false;
     }
     candidates.iter().any(|sig| {
