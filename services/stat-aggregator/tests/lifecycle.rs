@@ -26,3 +26,13 @@ fn the_example_config_file_loads() {
         &[],
     );
 }
+
+#[test]
+fn a_database_url_that_does_not_parse_is_refused_before_binding() {
+    test_support::lifecycle::rejects_prepared_config_before_binding(
+        BIN,
+        "STAT_AGGREGATOR_",
+        &[("DATABASE__URL", "postgres://u@h:notaport/db")],
+        "database.url",
+    );
+}
