@@ -76,9 +76,25 @@ pub mod rooms {
     }
 }
 
+/// Which rule of the `/admin` row an emit comes from, so consumers (metric labels, filters)
+/// decide on it rather than on the shape of the event name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminEmitKind {
+    /// `{plural}_updated`.
+    Updated,
+    /// `{plural}_event_log`.
+    EventLog,
+    /// `event_log_created`.
+    EventLogCreated,
+    /// `{channel}_message`, for an event with `audience.channel`.
+    ChannelMessage,
+}
+
 /// One Socket.IO emit: an event name and the rooms it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminEmit {
+    /// Which rule produced it.
+    pub kind: AdminEmitKind,
     /// Socket.IO event name.
     pub event: String,
     /// Rooms of the `/admin` namespace that receive it.
@@ -94,20 +110,24 @@ pub fn admin_emits(envelope: &Envelope) -> Vec<AdminEmit> {
     ];
     let mut emits = vec![
         AdminEmit {
+            kind: AdminEmitKind::Updated,
             event: format!("{plural}_updated"),
             rooms: entity_rooms.clone(),
         },
         AdminEmit {
+            kind: AdminEmitKind::EventLog,
             event: format!("{plural}_event_log"),
             rooms: entity_rooms,
         },
         AdminEmit {
+            kind: AdminEmitKind::EventLogCreated,
             event: "event_log_created".to_owned(),
             rooms: vec![rooms::EVENT_LOG.to_owned()],
         },
     ];
     if let Some(channel) = envelope.audience.as_ref().and_then(|a| a.channel.as_ref()) {
         emits.push(AdminEmit {
+            kind: AdminEmitKind::ChannelMessage,
             event: format!("{channel}_message"),
             rooms: vec![rooms::channel(channel.as_str())],
         });
@@ -159,6 +179,18 @@ impl WsChannel {
             Self::CustomerChanges => "customer_changes",
             Self::ShipmentChanges => "shipment_changes",
             Self::TransactionChanges => "transaction_changes",
+        }
+    }
+
+    /// The channel's position in [`Self::ALL`], `0..Self::ALL.len()`: the one mapping from a
+    /// channel to a slot in a per-channel array (`WsChannel::ALL[c.index()] == c`).
+    pub const fn index(self) -> usize {
+        match self {
+            Self::OrderChanges => 0,
+            Self::ProductChanges => 1,
+            Self::CustomerChanges => 2,
+            Self::ShipmentChanges => 3,
+            Self::TransactionChanges => 4,
         }
     }
 
@@ -351,14 +383,17 @@ mod tests {
             emits,
             [
                 AdminEmit {
+                    kind: AdminEmitKind::Updated,
                     event: "orders_updated".into(),
                     rooms: vec!["entity:orders:101".into(), "domain:orders".into()],
                 },
                 AdminEmit {
+                    kind: AdminEmitKind::EventLog,
                     event: "orders_event_log".into(),
                     rooms: vec!["entity:orders:101".into(), "domain:orders".into()],
                 },
                 AdminEmit {
+                    kind: AdminEmitKind::EventLogCreated,
                     event: "event_log_created".into(),
                     rooms: vec!["domain:event_log".into()],
                 },
@@ -375,6 +410,7 @@ mod tests {
         let emits = admin_emits(&e);
         assert_eq!(emits[0].event, "deals_updated");
         assert_eq!(emits[0].rooms, ["entity:deals:555", "domain:deals"]);
+        assert_eq!(emits[3].kind, AdminEmitKind::ChannelMessage);
         assert_eq!(emits[3].event, "deal_feed_message");
         assert_eq!(emits[3].rooms, ["channel:deal_feed"]);
     }
@@ -528,6 +564,14 @@ mod tests {
             let msg: Value =
                 serde_json::from_str(&ws_message(&e, ws_route(&e.event_type).unwrap())).unwrap();
             assert_eq!(msg["data"], want);
+        }
+    }
+
+    #[test]
+    fn ws_channel_index_is_its_position_in_all() {
+        for (i, channel) in WsChannel::ALL.into_iter().enumerate() {
+            assert_eq!(channel.index(), i, "{channel:?}");
+            assert_eq!(WsChannel::ALL[channel.index()], channel);
         }
     }
 

@@ -12,49 +12,117 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{AdminAlgorithm, AdminConfig, ProviderConfig};
+use crate::config::{AdminAlgorithm, AdminConfig, ProviderAlgorithm, ProviderConfig};
 use crate::policy::Grants;
 
-/// Why a handshake was refused. `Display` is the client-safe `connect_error` message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a verifier cannot be built from its configuration section. Becomes a
+/// [`ConfigError`](service_runtime::ConfigError) naming the key, before the port is bound.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    /// An `admin.public_keys` entry is not a PEM public key of the configured algorithm.
+    #[error("not an {family} public key: {source}")]
+    PublicKey {
+        /// Index in `admin.public_keys`.
+        index: usize,
+        /// `RSA` or `EC`.
+        family: &'static str,
+        /// What jsonwebtoken found wrong.
+        source: jsonwebtoken::errors::Error,
+    },
+    /// The HTTP client for the provider's JWKS could not be built.
+    #[error("cannot build the JWKS client: {0}")]
+    JwksClient(#[source] reqwest::Error),
+}
+
+impl VerifierError {
+    /// The dotted configuration key at fault.
+    pub fn key(&self) -> String {
+        match self {
+            Self::PublicKey { index, .. } => format!("admin.public_keys[{index}]"),
+            Self::JwksClient(_) => "provider.jwks_url".to_owned(),
+        }
+    }
+}
+
+impl From<VerifierError> for service_runtime::ConfigError {
+    fn from(error: VerifierError) -> Self {
+        Self::new(error.key(), error.to_string())
+    }
+}
+
+/// Why a JWKS download failed (logged, never shown to a client).
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    #[error("{0}")]
+    Request(#[source] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("{0}")]
+    Body(#[source] reqwest::Error),
+    #[error("no \"keys\" array")]
+    NoKeys,
+}
+
+/// Why a handshake was refused. Its `Display` is the client-safe `connect_error` message:
+/// the one place where a refusal becomes text (never with the credential in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// No token in `auth.token`.
+    #[error("authentication required: auth.token is missing")]
     MissingToken,
     /// `exp` is past.
+    #[error("invalid token: expired")]
     Expired,
     /// `nbf` is in the future.
+    #[error("invalid token: not yet valid")]
     NotYetValid,
     /// The signature does not verify with any configured key.
+    #[error("invalid token: bad signature")]
     BadSignature,
     /// The header's `alg` is not the configured one.
+    #[error("invalid token: algorithm not allowed")]
     AlgorithmNotAllowed,
     /// `iss` differs.
+    #[error("invalid token: wrong issuer")]
     WrongIssuer,
     /// `aud` lacks the configured audience.
+    #[error("invalid token: wrong audience")]
     WrongAudience,
     /// The JWKS has no key with the token's `kid`, even after a refresh.
+    #[error("invalid token: unknown signing key")]
     UnknownKey,
     /// Anything else wrong with the token.
+    #[error("invalid token: malformed")]
     Malformed,
     /// A dependency (JWKS endpoint, database) did not answer.
+    #[error("authentication unavailable, retry later")]
     Unavailable,
     /// `/provider` has no issuer configured.
+    #[error("provider authentication is not configured")]
     ProviderNotConfigured,
     /// No widget key in the handshake.
+    #[error("widget key required")]
     WidgetKeyRequired,
     /// The widget key does not exist.
+    #[error("unknown widget key")]
     UnknownWidgetKey,
     /// The widget key was deactivated.
+    #[error("widget key inactive")]
     WidgetKeyInactive,
     /// `Origin` missing or not allowed for the widget key.
+    #[error("origin not allowed")]
     OriginNotAllowed,
     /// Per-IP connection rate exceeded.
+    #[error("too many connections from this address, retry later")]
     RateLimited,
     /// The instance holds `limits.max_connections` sockets.
+    #[error("server at capacity, retry later")]
     AtCapacity,
     /// The client address holds `limits.max_connections_per_ip` sockets.
+    #[error("too many open connections from this address")]
     TooManyFromAddress,
     /// The client address presented too many unknown widget keys lately.
+    #[error("too many unknown widget keys from this address, retry later")]
     UnknownKeysThrottled,
 }
 
@@ -84,36 +152,6 @@ impl Refusal {
         }
     }
 }
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::MissingToken => "authentication required: auth.token is missing",
-            Self::Expired => "invalid token: expired",
-            Self::NotYetValid => "invalid token: not yet valid",
-            Self::BadSignature => "invalid token: bad signature",
-            Self::AlgorithmNotAllowed => "invalid token: algorithm not allowed",
-            Self::WrongIssuer => "invalid token: wrong issuer",
-            Self::WrongAudience => "invalid token: wrong audience",
-            Self::UnknownKey => "invalid token: unknown signing key",
-            Self::Malformed => "invalid token: malformed",
-            Self::Unavailable => "authentication unavailable, retry later",
-            Self::ProviderNotConfigured => "provider authentication is not configured",
-            Self::WidgetKeyRequired => "widget key required",
-            Self::UnknownWidgetKey => "unknown widget key",
-            Self::WidgetKeyInactive => "widget key inactive",
-            Self::OriginNotAllowed => "origin not allowed",
-            Self::RateLimited => "too many connections from this address, retry later",
-            Self::AtCapacity => "server at capacity, retry later",
-            Self::TooManyFromAddress => "too many open connections from this address",
-            Self::UnknownKeysThrottled => {
-                "too many unknown widget keys from this address, retry later"
-            }
-        })
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Who a verified token speaks for.
 #[derive(Debug, Clone)]
@@ -224,36 +262,37 @@ impl std::fmt::Debug for AdminVerifier {
 
 impl AdminVerifier {
     /// From the `admin` section; a key that does not parse is a configuration error.
-    pub fn new(config: &AdminConfig) -> Result<Self, String> {
-        let (alg, alg_name) = match config.algorithm {
-            AdminAlgorithm::HS256 => (Algorithm::HS256, "HS256"),
-            AdminAlgorithm::RS256 => (Algorithm::RS256, "RS256"),
-            AdminAlgorithm::ES256 => (Algorithm::ES256, "ES256"),
-        };
-        let keys = match config.algorithm {
-            AdminAlgorithm::HS256 => vec![DecodingKey::from_secret(config.secret.as_bytes())],
-            AdminAlgorithm::RS256 => config
-                .public_keys
-                .iter()
-                .enumerate()
-                .map(|(i, pem)| {
-                    DecodingKey::from_rsa_pem(pem.as_bytes())
-                        .map_err(|e| format!("admin.public_keys[{i}]: not an RSA public key: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
-            AdminAlgorithm::ES256 => config
-                .public_keys
-                .iter()
-                .enumerate()
-                .map(|(i, pem)| {
-                    DecodingKey::from_ec_pem(pem.as_bytes())
-                        .map_err(|e| format!("admin.public_keys[{i}]: not an EC public key: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
+    pub fn new(config: &AdminConfig) -> Result<Self, VerifierError> {
+        let pem_keys =
+            |family: &'static str,
+             parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>| {
+                config
+                    .public_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(index, pem)| {
+                        parse(pem.as_bytes()).map_err(|source| VerifierError::PublicKey {
+                            index,
+                            family,
+                            source,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+        let (alg, keys) = match config.algorithm {
+            AdminAlgorithm::HS256 => (
+                Algorithm::HS256,
+                vec![DecodingKey::from_secret(config.secret.as_bytes())],
+            ),
+            AdminAlgorithm::RS256 => (
+                Algorithm::RS256,
+                pem_keys("RSA", DecodingKey::from_rsa_pem)?,
+            ),
+            AdminAlgorithm::ES256 => (Algorithm::ES256, pem_keys("EC", DecodingKey::from_ec_pem)?),
         };
         Ok(Self {
             alg,
-            alg_name,
+            alg_name: config.algorithm.as_str(),
             keys,
             validation: base_validation(alg, &config.issuer, &config.audience, config.leeway_secs),
             grant_claim: config.subscribe_claim.clone(),
@@ -286,7 +325,7 @@ impl AdminVerifier {
 
 /// Keys of one fetched JWKS, by `kid`.
 struct KeySet {
-    keys: HashMap<String, (DecodingKey, &'static str)>,
+    keys: HashMap<String, (DecodingKey, ProviderAlgorithm)>,
     fetched_at: Instant,
 }
 
@@ -309,53 +348,53 @@ impl std::fmt::Debug for ProviderVerifier {
     }
 }
 
-fn algorithm_of(name: &str) -> Option<(Algorithm, &'static str)> {
-    Some(match name {
-        "ES256" => (Algorithm::ES256, "ES256"),
-        "ES384" => (Algorithm::ES384, "ES384"),
-        "RS256" => (Algorithm::RS256, "RS256"),
-        "RS384" => (Algorithm::RS384, "RS384"),
-        "RS512" => (Algorithm::RS512, "RS512"),
-        "PS256" => (Algorithm::PS256, "PS256"),
-        _ => return None,
-    })
+const fn jwt_algorithm(alg: ProviderAlgorithm) -> Algorithm {
+    match alg {
+        ProviderAlgorithm::ES256 => Algorithm::ES256,
+        ProviderAlgorithm::ES384 => Algorithm::ES384,
+        ProviderAlgorithm::RS256 => Algorithm::RS256,
+        ProviderAlgorithm::RS384 => Algorithm::RS384,
+        ProviderAlgorithm::RS512 => Algorithm::RS512,
+        ProviderAlgorithm::PS256 => Algorithm::PS256,
+    }
 }
 
 /// The algorithm a JWK is for: its `alg`, else what its key type and curve imply.
-fn jwk_algorithm(jwk: &Value) -> Option<&'static str> {
+fn jwk_algorithm(jwk: &Value) -> Option<ProviderAlgorithm> {
     if let Some(alg) = jwk.get("alg").and_then(Value::as_str) {
-        return algorithm_of(alg).map(|(_, name)| name);
+        return ProviderAlgorithm::from_name(alg);
     }
     match (
         jwk.get("kty").and_then(Value::as_str),
         jwk.get("crv").and_then(Value::as_str),
     ) {
-        (Some("EC"), Some("P-256")) => Some("ES256"),
-        (Some("EC"), Some("P-384")) => Some("ES384"),
-        (Some("RSA"), _) => Some("RS256"),
+        (Some("EC"), Some("P-256")) => Some(ProviderAlgorithm::ES256),
+        (Some("EC"), Some("P-384")) => Some(ProviderAlgorithm::ES384),
+        (Some("RSA"), _) => Some(ProviderAlgorithm::RS256),
         _ => None,
     }
 }
 
 impl ProviderVerifier {
-    /// From the `provider` section; `None` when no issuer is configured.
-    pub fn new(config: &ProviderConfig) -> Option<Self> {
+    /// From the `provider` section: `Ok(None)` when no issuer is configured (`/provider` then
+    /// refuses every handshake), an error when the configured verifier cannot be built.
+    pub fn new(config: &ProviderConfig) -> Result<Option<Self>, VerifierError> {
         if config.issuer.is_empty() {
-            return None;
+            return Ok(None);
         }
         // reqwest is built without a default TLS provider; ring is the one in the tree.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.jwks_timeout_secs))
             .build()
-            .ok()?;
-        Some(Self {
+            .map_err(VerifierError::JwksClient)?;
+        Ok(Some(Self {
             url: config.jwks_endpoint(),
             config: config.clone(),
             http,
             current: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(None),
-        })
+        }))
     }
 
     fn snapshot(&self) -> Option<Arc<KeySet>> {
@@ -398,21 +437,21 @@ impl ProviderVerifier {
         }
     }
 
-    async fn download(&self) -> Result<KeySet, String> {
+    async fn download(&self) -> Result<KeySet, JwksError> {
         let response = self
             .http
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(JwksError::Request)?;
         if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
+            return Err(JwksError::Status(response.status()));
         }
-        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        let body: Value = response.json().await.map_err(JwksError::Body)?;
         let entries = body
             .get("keys")
             .and_then(Value::as_array)
-            .ok_or("no \"keys\" array")?;
+            .ok_or(JwksError::NoKeys)?;
         let mut keys = HashMap::new();
         for entry in entries {
             if entry.get("use").and_then(Value::as_str) == Some("enc") {
@@ -443,10 +482,9 @@ impl ProviderVerifier {
     /// Verifies a Logto access token.
     pub async fn verify(&self, token: &str) -> Result<Principal, Refusal> {
         let (alg_name, kid) = header_fields(token)?;
-        if !self.config.algorithms.contains(&alg_name) {
-            return Err(Refusal::AlgorithmNotAllowed);
-        }
-        let (alg, _) = algorithm_of(&alg_name).ok_or(Refusal::AlgorithmNotAllowed)?;
+        let alg = ProviderAlgorithm::from_name(&alg_name)
+            .filter(|alg| self.config.algorithms.contains(alg))
+            .ok_or(Refusal::AlgorithmNotAllowed)?;
         let kid = kid.ok_or(Refusal::UnknownKey)?;
         let cache = Duration::from_secs(self.config.jwks_cache_secs);
         let mut set = match self.snapshot() {
@@ -467,11 +505,11 @@ impl ProviderVerifier {
                 .ok_or(Refusal::Unavailable)?;
         }
         let (key, key_alg) = set.keys.get(&kid).ok_or(Refusal::UnknownKey)?;
-        if *key_alg != alg_name {
+        if *key_alg != alg {
             return Err(Refusal::AlgorithmNotAllowed);
         }
         let validation = base_validation(
-            alg,
+            jwt_algorithm(alg),
             &self.config.issuer,
             &self.config.audience,
             self.config.leeway_secs,

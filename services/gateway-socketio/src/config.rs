@@ -39,6 +39,64 @@ pub enum AdminAlgorithm {
     ES256,
 }
 
+impl AdminAlgorithm {
+    /// The name a JWS header gives it (`alg`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+        }
+    }
+}
+
+/// A signature algorithm `/provider` tokens may use (`provider.algorithms`). Parsed when the
+/// configuration loads: an unknown name is a configuration error naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProviderAlgorithm {
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// ECDSA P-384 SHA-384 (Logto's default).
+    ES384,
+    /// RSA PKCS#1 v1.5 SHA-256.
+    RS256,
+    /// RSA PKCS#1 v1.5 SHA-384.
+    RS384,
+    /// RSA PKCS#1 v1.5 SHA-512.
+    RS512,
+    /// RSA-PSS SHA-256.
+    PS256,
+}
+
+impl ProviderAlgorithm {
+    /// Every supported algorithm.
+    pub const ALL: [Self; 6] = [
+        Self::ES256,
+        Self::ES384,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+    ];
+
+    /// The name a JWS header or a JWK gives it (`alg`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+        }
+    }
+
+    /// The algorithm an `alg` value names, when it is a supported one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
 /// `/admin` authentication and authorization.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -115,7 +173,7 @@ pub struct ProviderConfig {
     /// API resource indicator the token must be issued for (`aud`).
     pub audience: String,
     /// Accepted algorithms (Logto signs with ES384 by default; RSA after a rotation).
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<ProviderAlgorithm>,
     /// Seconds a fetched key set is used before it is fetched again.
     pub jwks_cache_secs: u64,
     /// Least seconds between two fetches triggered by unknown `kid`s.
@@ -132,9 +190,13 @@ impl Default for ProviderConfig {
             issuer: String::new(),
             jwks_url: String::new(),
             audience: String::new(),
-            algorithms: ["ES384", "ES256", "RS256", "RS384", "RS512"]
-                .map(str::to_owned)
-                .to_vec(),
+            algorithms: vec![
+                ProviderAlgorithm::ES384,
+                ProviderAlgorithm::ES256,
+                ProviderAlgorithm::RS256,
+                ProviderAlgorithm::RS384,
+                ProviderAlgorithm::RS512,
+            ],
             jwks_cache_secs: 300,
             jwks_min_refresh_secs: 10,
             jwks_timeout_secs: 5,
@@ -306,8 +368,6 @@ impl Default for MetricsConfig {
     }
 }
 
-const PROVIDER_ALGORITHMS: [&str; 6] = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256"];
-
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         // Shipped placeholders (k8s/gateway-socketio.yaml) are refused whether or not the
@@ -352,17 +412,6 @@ impl Validate for Config {
             }
             if self.provider.algorithms.is_empty() {
                 return Err(ConfigError::new("provider.algorithms", "must not be empty"));
-            }
-            if let Some(bad) = self
-                .provider
-                .algorithms
-                .iter()
-                .find(|a| !PROVIDER_ALGORITHMS.contains(&a.as_str()))
-            {
-                return Err(ConfigError::new(
-                    "provider.algorithms",
-                    format!("unsupported algorithm {bad:?} (supported: {PROVIDER_ALGORITHMS:?})"),
-                ));
             }
             let url = self.provider.jwks_endpoint();
             if !(url.starts_with("https://") || url.starts_with("http://")) {

@@ -14,11 +14,11 @@ mod sockets;
 pub mod widget;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
+use service_runtime::http_api::ApiKeys;
 use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings};
 use socketioxide::SocketIo;
 use sqlx::migrate::Migrator;
@@ -39,22 +39,79 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// The widget-key table.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Runs the gateway until `shutdown` is cancelled; then turns not-ready, disconnects every
-/// socket (clients reconnect elsewhere) and returns within the grace period.
-pub async fn run(
+/// What [`run`] needs already built from the configuration: the token verifiers (PEM keys,
+/// the JWKS client), the CORS layer and the operator API keys.
+pub struct Prepared {
+    admin: auth::AdminVerifier,
+    provider: Option<auth::ProviderVerifier>,
+    cors: Option<CorsLayer>,
+    api_keys: ApiKeys,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("admin", &self.admin)
+            .field("provider", &self.provider)
+            .field("cors", &self.cors.is_some())
+            .field("api_keys", &self.api_keys)
+            .finish()
+    }
+}
+
+/// Checks and builds everything [`run`] takes from the configuration, so a bad value (a PEM
+/// key, a CORS origin, the database URL) exits with 64 naming its key before the gateway
+/// listens.
+pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
+    let Settings { common, service } = settings;
+    if common.database.url.is_empty() {
+        return Err(ConfigError::new(
+            "database.url",
+            "is required (widget keys)",
+        ));
+    }
+    common.database.connect_options()?;
+    let admin = auth::AdminVerifier::new(&service.admin)?;
+    let provider = auth::ProviderVerifier::new(&service.provider)?;
+    Ok(Prepared {
+        admin,
+        provider,
+        cors: cors(&service.socketio.cors_origins)?,
+        api_keys: ApiKeys::new(&service.api.keys),
+    })
+}
+
+/// [`prepare`], then [`run`]: for tests and embedders that hold a listener already.
+pub async fn prepare_and_run(
     settings: Settings<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    let prepared = prepare(&settings)?;
+    run(settings, prepared, listener, shutdown).await
+}
+
+/// Runs the gateway until `shutdown` is cancelled; then turns not-ready, disconnects every
+/// socket (clients reconnect elsewhere) and returns within the grace period.
+pub async fn run(
+    settings: Settings<Config>,
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
     let Settings { common, service } = settings;
-    let admin = auth::AdminVerifier::new(&service.admin)
-        .map_err(|e| ConfigError::new("admin.public_keys", e))?;
-    let provider = auth::ProviderVerifier::new(&service.provider);
+    let Prepared {
+        admin,
+        provider,
+        cors,
+        api_keys,
+    } = prepared;
     if provider.is_none() {
         tracing::info!("provider.issuer is not set: /provider refuses every handshake");
     }
     let mut ctx =
         ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
+    // `prepare` checked `database.url`, so the context opened a pool on it.
     let pool = ctx
         .db
         .clone()
@@ -90,18 +147,7 @@ pub async fn run(
         .build_svc();
     sockets::register(&io);
 
-    let subscribed = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&subscribed);
-    ctx.readiness.add("relay", move || {
-        let up = flag.load(Ordering::Acquire);
-        async move {
-            if up {
-                Ok(())
-            } else {
-                Err("not subscribed to events yet".to_owned())
-            }
-        }
-    });
+    let subscribed = ctx.readiness.flag("relay", "not subscribed to events yet");
     let mut relays = relay::spawn(
         io.clone(),
         state,
@@ -122,19 +168,12 @@ pub async fn run(
     let api = widget::router(widget::ApiState {
         keys: widgets,
         nats: ctx.nats.clone(),
-        key_digests: Arc::new(
-            service
-                .api
-                .keys
-                .iter()
-                .map(|k| <sha2::Sha256 as sha2::Digest>::digest(k.as_bytes()).into())
-                .collect::<Vec<[u8; 32]>>(),
-        ),
+        api_keys,
     });
     let mut engine = Router::new()
         .route_service("/socket.io/", svc)
         .layer(axum::middleware::map_request(detach_request));
-    if let Some(cors) = cors(&service.socketio.cors_origins)? {
+    if let Some(cors) = cors {
         engine = engine.layer(cors);
     }
     let served = ctx.serve(listener, api.merge(engine)).await;

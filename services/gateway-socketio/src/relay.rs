@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use events::surface::AdminEmitKind;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use service_runtime::{Backoff, ReadyFlag};
 use socketioxide::SocketIo;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -25,12 +26,12 @@ pub const DISCORD_SUBJECT: &str = "cmd.discord.request_send";
 pub const METRICS_SUBJECT: &str = "rt.metrics.sockets";
 
 /// Starts every relay; they stop on `shutdown`.
-/// `subscribed` turns true once the domain-event subscription is in place.
+/// `subscribed` is set once the domain-event subscription is in place.
 pub fn spawn(
     io: SocketIo,
     gateway: Arc<Gateway>,
     nats: async_nats::Client,
-    subscribed: Arc<AtomicBool>,
+    subscribed: ReadyFlag,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
@@ -63,16 +64,29 @@ async fn subscribe(
     subject: &'static str,
     shutdown: &CancellationToken,
 ) -> Option<async_nats::Subscriber> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(SUBSCRIBE_RETRY_BASE, SUBSCRIBE_RETRY_MAX);
     loop {
         match nats.subscribe(subject).await {
             Ok(sub) => return Some(sub),
             Err(e) => tracing::warn!(subject, error = %e, "subscribe failed; retrying"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(5)),
+        if !backoff.wait(shutdown).await {
+            return None;
         }
+    }
+}
+
+/// First and longest wait between two subscription attempts.
+const SUBSCRIBE_RETRY_BASE: Duration = Duration::from_millis(100);
+const SUBSCRIBE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The `event_kind` label of `socketio_events_relayed_total` for an `/admin` emit.
+const fn relayed_label(kind: AdminEmitKind) -> &'static str {
+    match kind {
+        AdminEmitKind::Updated => "updated",
+        AdminEmitKind::EventLog => "event_log",
+        AdminEmitKind::EventLogCreated => "event_log_created",
+        AdminEmitKind::ChannelMessage => "feed_message",
     }
 }
 
@@ -96,13 +110,13 @@ async fn next(
 async fn domain_events(
     io: SocketIo,
     nats: async_nats::Client,
-    subscribed: Arc<AtomicBool>,
+    subscribed: ReadyFlag,
     shutdown: CancellationToken,
 ) {
     let Some(mut sub) = subscribe(&nats, events::subject::ALL_EVENTS, &shutdown).await else {
         return;
     };
-    subscribed.store(true, Ordering::Release);
+    subscribed.set();
     while let Some(message) = next(&mut sub, &shutdown).await {
         relay_event(&io, &message.payload).await;
     }
@@ -125,15 +139,7 @@ async fn relay_event(io: &SocketIo, payload: &[u8]) {
     };
     let Some(admin) = io.of("/admin") else { return };
     for emit in events::surface::admin_emits(&envelope) {
-        let kind = if emit.event.ends_with("_updated") {
-            "updated"
-        } else if emit.event == "event_log_created" {
-            "event_log_created"
-        } else if emit.event.ends_with("_event_log") {
-            "event_log"
-        } else {
-            "feed_message"
-        };
+        let kind = relayed_label(emit.kind);
         if let Err(e) = admin.clone().to(emit.rooms).emit(&emit.event, &raw).await {
             count_broadcast_error(&e);
         }
@@ -343,6 +349,28 @@ mod tests {
             .map(|e| e.to_string())
             .collect();
         assert!(errors.is_empty(), "{instance}\n{errors:#?}");
+    }
+
+    #[test]
+    fn relayed_events_are_labelled_by_their_kind() {
+        let envelope = events::Envelope::new(
+            events::EventType::parse("deal.provider_assigned").unwrap(),
+            "555",
+            Value::Null,
+        )
+        .unwrap()
+        .with_audience(events::envelope::Audience {
+            channel: Some(events::token::Token::new("channel", "deal_feed").unwrap()),
+            ..Default::default()
+        });
+        let labels: Vec<_> = events::surface::admin_emits(&envelope)
+            .into_iter()
+            .map(|emit| relayed_label(emit.kind))
+            .collect();
+        assert_eq!(
+            labels,
+            ["updated", "event_log", "event_log_created", "feed_message"]
+        );
     }
 
     #[test]

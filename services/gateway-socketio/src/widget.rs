@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use service_runtime::http_api::{ApiKeys, bearer, error_response};
 use service_runtime::net::limit_key;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
@@ -230,8 +230,8 @@ pub struct ApiState {
     pub keys: WidgetKeys,
     /// Announces deactivations to every instance.
     pub nats: async_nats::Client,
-    /// SHA-256 digests of the accepted bearer keys.
-    pub key_digests: Arc<Vec<[u8; 32]>>,
+    /// The accepted bearer keys (`api.keys`).
+    pub api_keys: ApiKeys,
 }
 
 /// `/api/widget-keys` routes.
@@ -247,17 +247,9 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    let mut body = json!({"error": {"code": code, "message": message}});
-    if let Some(field) = field {
-        body["error"]["field"] = json!(field);
-    }
-    (status, Json(body)).into_response()
-}
-
 /// A 422 naming the field when there is one.
 fn invalid(message: &str, field: Option<&str>) -> Response {
-    error(
+    error_response(
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
         message,
@@ -266,7 +258,7 @@ fn invalid(message: &str, field: Option<&str>) -> Response {
 }
 
 fn not_found() -> Response {
-    error(
+    error_response(
         StatusCode::NOT_FOUND,
         "not_found",
         "widget key not found",
@@ -276,7 +268,7 @@ fn not_found() -> Response {
 
 fn internal(e: &sqlx::Error) -> Response {
     tracing::error!(error = %e, "widget key API failed");
-    error(
+    error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         "database unavailable, retry later",
@@ -285,35 +277,18 @@ fn internal(e: &sqlx::Error) -> Response {
 }
 
 async fn require_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let presented = bearer(request.headers()).map(|c| -> [u8; 32] { Sha256::digest(c).into() });
-    let accepted = presented.is_some_and(|digest| {
-        state.key_digests.iter().fold(false, |found, k| {
-            found | (k.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
-        })
-    });
+    let accepted = bearer(request.headers()).is_some_and(|key| state.api_keys.accepts(key));
     if accepted {
         next.run(request).await
     } else {
-        let mut response = error(
+        // error_response adds `WWW-Authenticate: Bearer` to a 401.
+        error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid API key is required (Authorization: Bearer <key>)",
             None,
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
+        )
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,6 +43,7 @@ pub struct ConnectionSettings {
 
 type Sink = SplitSink<WebSocket, Message>;
 
+#[derive(Debug, PartialEq, Eq)]
 enum Exit {
     Close(u16, &'static str),
     /// The peer is gone or unresponsive: no close handshake.
@@ -131,22 +132,22 @@ pub async fn serve(
     }
 }
 
-/// The connection's subscriptions: one optional receiver per channel.
+/// The connection's subscriptions: one optional receiver per channel, at
+/// [`WsChannel::index`] (so position `i` is `WsChannel::ALL[i]`).
 #[derive(Default)]
-struct Subscriptions([Option<broadcast::Receiver<Frame>>; 5]);
+struct Subscriptions([Option<broadcast::Receiver<Frame>>; WsChannel::ALL.len()]);
+
+impl Subscriptions {
+    fn slot(&mut self, channel: WsChannel) -> &mut Option<broadcast::Receiver<Frame>> {
+        &mut self.0[channel.index()]
+    }
+}
 
 async fn recv(rx: &mut Option<broadcast::Receiver<Frame>>) -> Result<Frame, RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-fn slot(channel: WsChannel) -> usize {
-    WsChannel::ALL
-        .iter()
-        .position(|c| *c == channel)
-        .unwrap_or(0)
 }
 
 async fn run(
@@ -173,6 +174,7 @@ async fn run(
     let mut subs = Subscriptions::default();
 
     let exit = loop {
+        // One branch per channel; the pattern stops compiling if a channel is added.
         let [s0, s1, s2, s3, s4] = &mut subs.0;
         let event = tokio::select! {
             () = shutdown.cancelled() => break Exit::Close(close::GOING_AWAY, "server shutting down"),
@@ -190,7 +192,7 @@ async fn run(
                 last_seen = Instant::now();
                 match incoming {
                     None | Some(Ok(Message::Close(_))) => break Exit::Drop,
-                    Some(Err(err)) => break classify(&err),
+                    Some(Err(err)) => break exit_for_read_error(&err),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
                         match send(sink, protocol::error("binary frames are not supported; send JSON text").into(), write_timeout).await {
@@ -219,18 +221,19 @@ async fn run(
                     }
                 }
             }
-            r = recv(s0) => (0, r),
-            r = recv(s1) => (1, r),
-            r = recv(s2) => (2, r),
-            r = recv(s3) => (3, r),
-            r = recv(s4) => (4, r),
+            r = recv(s0) => (WsChannel::ALL[0], r),
+            r = recv(s1) => (WsChannel::ALL[1], r),
+            r = recv(s2) => (WsChannel::ALL[2], r),
+            r = recv(s3) => (WsChannel::ALL[3], r),
+            r = recv(s4) => (WsChannel::ALL[4], r),
         };
-        let (slot, event) = event;
+        let (channel, event) = event;
         match event {
             Ok(frame) => {
                 // Write this event and whatever else is already queued on the channel, then
                 // flush once: one syscall per burst instead of one per event.
-                let burst = write_burst(sink, frame, subs.0[slot].as_mut(), write_timeout).await;
+                let burst =
+                    write_burst(sink, frame, subs.slot(channel).as_mut(), write_timeout).await;
                 match burst {
                     Ok(()) => {}
                     Err(BurstError::Exit(exit)) => break exit,
@@ -248,9 +251,9 @@ async fn run(
             Err(RecvError::Closed) => break Exit::Close(close::GOING_AWAY, "server shutting down"),
         }
     };
-    for (i, rx) in subs.0.iter_mut().enumerate() {
-        if rx.take().is_some() {
-            hub.report(WsChannel::ALL[i]);
+    for channel in WsChannel::ALL {
+        if subs.slot(channel).take().is_some() {
+            hub.report(channel);
         }
     }
     exit
@@ -261,28 +264,31 @@ fn handle(text: &str, subs: &mut Subscriptions, hub: &Hub) -> String {
     match protocol::parse(text) {
         Ok(ClientMessage::Ping) => protocol::PONG.to_owned(),
         Ok(ClientMessage::Subscribe(channel)) => {
-            let slot = &mut subs.0[slot(channel)];
+            let slot = subs.slot(channel);
             if slot.is_none() {
                 *slot = Some(hub.subscribe(channel));
             }
             protocol::ack("subscribed", channel)
         }
         Ok(ClientMessage::Unsubscribe(channel)) => {
-            if subs.0[slot(channel)].take().is_some() {
+            if subs.slot(channel).take().is_some() {
                 hub.report(channel);
             }
             protocol::ack("unsubscribed", channel)
         }
-        Err(message) => protocol::error(&message),
+        Err(err) => protocol::error(&err.to_string()),
     }
 }
 
-fn classify(err: &axum::Error) -> Exit {
-    let text = err.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
+/// How a connection ends after reading failed: 1009 for a message or frame over
+/// `limits.max_message_bytes` (tungstenite's capacity error, which axum wraps as the
+/// error's source); any other read error means the peer is gone or broke the protocol.
+fn exit_for_read_error(err: &axum::Error) -> Exit {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    let too_big = std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<WsError>())
+        .is_some_and(|e| matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })));
+    if too_big {
         Exit::Close(close::TOO_BIG, "message too big")
     } else {
         Exit::Drop
@@ -334,6 +340,35 @@ async fn send(sink: &mut Sink, message: Message, timeout: Duration) -> Result<()
         Err(_) => {
             metrics::counter!("ws_dropped_total", "reason" => "write_timeout").increment(1);
             Err(Exit::Drop)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+
+    use super::*;
+
+    #[test]
+    fn an_oversized_message_closes_with_1009_and_other_read_errors_drop() {
+        let too_long = axum::Error::new(WsError::Capacity(CapacityError::MessageTooLong {
+            size: 5000,
+            max_size: 4096,
+        }));
+        assert_eq!(
+            exit_for_read_error(&too_long),
+            Exit::Close(close::TOO_BIG, "message too big")
+        );
+        for other in [
+            axum::Error::new(WsError::ConnectionClosed),
+            axum::Error::new(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake,
+            )),
+            // The old wording check would have closed this one with 1009.
+            axum::Error::new(std::io::Error::other("frame too big")),
+        ] {
+            assert_eq!(exit_for_read_error(&other), Exit::Drop, "{other}");
         }
     }
 }

@@ -16,20 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// One serialised `/ws` event message, shared by every recipient.
 pub type Frame = Utf8Bytes;
 
-/// The broadcast rings, one per channel.
+/// The broadcast rings, one per channel, at [`WsChannel::index`].
 #[derive(Debug)]
 pub struct Hub {
-    rings: [broadcast::Sender<Frame>; 5],
-}
-
-fn index(channel: WsChannel) -> usize {
-    match channel {
-        WsChannel::OrderChanges => 0,
-        WsChannel::ProductChanges => 1,
-        WsChannel::CustomerChanges => 2,
-        WsChannel::ShipmentChanges => 3,
-        WsChannel::TransactionChanges => 4,
-    }
+    rings: [broadcast::Sender<Frame>; WsChannel::ALL.len()],
 }
 
 impl Hub {
@@ -42,7 +32,7 @@ impl Hub {
 
     /// A receiver for a channel's future events.
     pub fn subscribe(&self, channel: WsChannel) -> broadcast::Receiver<Frame> {
-        let rx = self.rings[index(channel)].subscribe();
+        let rx = self.rings[channel.index()].subscribe();
         self.report(channel);
         rx
     }
@@ -50,12 +40,12 @@ impl Hub {
     /// Updates the subscription gauge after a receiver was added or dropped.
     pub fn report(&self, channel: WsChannel) {
         metrics::gauge!("ws_subscriptions", "channel" => channel.as_str())
-            .set(self.rings[index(channel)].receiver_count() as f64);
+            .set(self.rings[channel.index()].receiver_count() as f64);
     }
 
     /// Sends a frame to the channel's subscribers; returns how many there were.
     pub fn publish(&self, channel: WsChannel, frame: Frame) -> usize {
-        self.rings[index(channel)].send(frame).unwrap_or(0)
+        self.rings[channel.index()].send(frame).unwrap_or(0)
     }
 }
 

@@ -40,8 +40,8 @@ use connection::{ConnectionSettings, close, close_with};
 use hub::Hub;
 use origin::OriginPolicy;
 use service_runtime::net::{Breach, ClientIpPolicy, ConnectionLimiter};
-use service_runtime::{ServiceContext, ServiceError, ServiceSpec, Settings};
-use session_store::SessionStore;
+use service_runtime::{ConfigError, ServiceContext, ServiceError, ServiceSpec, Settings};
+use session_store::{SessionStore, UserIdPaths};
 use sessions::SessionRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,49 +67,106 @@ struct AppState {
     origins: Arc<OriginPolicy>,
     registry: Arc<SessionRegistry>,
     store: SessionStore,
+    user_id_paths: Arc<UserIdPaths>,
     config: Arc<Config>,
     settings: ConnectionSettings,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// Runs the gateway until `shutdown`, then closes every connection with 1001 within the
-/// grace period.
-pub async fn run(
+/// What [`run`] needs from the configuration, parsed and built by [`prepare`] before the port
+/// is bound.
+#[derive(Debug)]
+pub struct Prepared {
+    store: PreparedStore,
+    user_id_paths: UserIdPaths,
+    origins: OriginPolicy,
+    client_ip: ClientIpPolicy,
+}
+
+/// The session store as far as it can be built without the service context.
+#[derive(Debug)]
+enum PreparedStore {
+    /// connect-pg-simple over the context's pool (`database.url`, checked to be set).
+    Postgres,
+    /// connect-redis, its client parsed from `session.redis_url`; connects on first use.
+    Redis(SessionStore),
+}
+
+/// Checks and builds everything [`run`] takes from the configuration, so a bad value exits
+/// with 64 naming its key before the gateway listens.
+pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
+    let Settings { common, service } = settings;
+    let store = match service.session.store {
+        StoreKind::Postgres => {
+            if common.database.url.is_empty() {
+                return Err(ConfigError::new(
+                    "database.url",
+                    "is required for session.store = postgres (the host application's database)",
+                ));
+            }
+            common.database.connect_options()?;
+            PreparedStore::Postgres
+        }
+        StoreKind::Redis => {
+            // The error text is not repeated: it may quote the URL, which carries the password.
+            let conn =
+                session_store::RedisConnection::new(&service.session.redis_url).map_err(|_| {
+                    ConfigError::new(
+                        "session.redis_url",
+                        "does not parse as redis[s]://[[user]:password@]host[:port][/db]",
+                    )
+                })?;
+            PreparedStore::Redis(SessionStore::Redis {
+                conn: Arc::new(conn),
+                prefix: service.session.redis_prefix.clone(),
+            })
+        }
+    };
+    Ok(Prepared {
+        store,
+        user_id_paths: UserIdPaths::new(&service.session.user_id_paths),
+        origins: OriginPolicy::new(&service.security.allowed_origins),
+        client_ip: service.limits.client_ip_policy(),
+    })
+}
+
+/// [`prepare`], then [`run`]: for tests and embedders that hold a listener already.
+pub async fn prepare_and_run(
     settings: Settings<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    let prepared = prepare(&settings)?;
+    run(settings, prepared, listener, shutdown).await
+}
+
+/// Runs the gateway until `shutdown`, then closes every connection with 1001 within the
+/// grace period.
+pub async fn run(
+    settings: Settings<Config>,
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
     let Settings { common, service } = settings;
-    if service.session.store == StoreKind::Postgres && common.database.url.is_empty() {
-        return Err(ServiceError::Config(service_runtime::ConfigError::new(
-            "database.url",
-            "is required for session.store = postgres (the host application's database)",
-        )));
-    }
+    let Prepared {
+        store,
+        user_id_paths,
+        origins,
+        client_ip,
+    } = prepared;
     let mut ctx = ServiceContext::start(SPEC.name, &common, None, shutdown.clone()).await?;
-    let store = match service.session.store {
-        StoreKind::Postgres => {
-            let pool = ctx.db.clone().ok_or_else(|| {
-                ServiceError::Config(service_runtime::ConfigError::new(
-                    "database.url",
-                    "is required",
-                ))
-            })?;
+    let store = match store {
+        PreparedStore::Postgres => {
+            // `prepare` checked `database.url`, so the context opened a pool on it.
+            let pool = ctx
+                .db
+                .clone()
+                .ok_or_else(|| ConfigError::new("database.url", "is required"))?;
             SessionStore::postgres(pool, &service.session.table)
         }
-        StoreKind::Redis => {
-            let conn =
-                session_store::RedisConnection::new(&service.session.redis_url).map_err(|e| {
-                    ServiceError::Config(service_runtime::ConfigError::new(
-                        "session.redis_url",
-                        e.to_string(),
-                    ))
-                })?;
-            let store = SessionStore::Redis {
-                conn: Arc::new(conn),
-                prefix: service.session.redis_prefix.clone(),
-            };
+        PreparedStore::Redis(store) => {
             let check = store.clone();
             ctx.readiness.add("redis", move || {
                 let store = check.clone();
@@ -129,7 +186,7 @@ pub async fn run(
     tokio::spawn(sessions::revalidate(
         Arc::clone(&registry),
         store.clone(),
-        service.session.user_id_paths.clone(),
+        user_id_paths.clone(),
         Duration::from_secs(service.session.revalidate_secs),
         shutdown.clone(),
     ));
@@ -143,10 +200,11 @@ pub async fn run(
             service.limits.max_connections_per_ip,
             "ws_connections",
         ),
-        client_ip: Arc::new(service.limits.client_ip_policy()),
-        origins: Arc::new(OriginPolicy::new(&service.security.allowed_origins)),
+        client_ip: Arc::new(client_ip),
+        origins: Arc::new(origins),
         registry,
         store,
+        user_id_paths: Arc::new(user_id_paths),
         settings: ConnectionSettings {
             limits: Arc::new(service.limits.clone()),
             heartbeat: Arc::new(service.heartbeat.clone()),
@@ -320,6 +378,6 @@ async fn authenticate(
             Refusal::StoreDown
         })?
         .ok_or(Refusal::NoSession)?;
-    let user = session_store::user_id(&sess, &session.user_id_paths).ok_or(Refusal::NoUser)?;
+    let user = session_store::user_id(&sess, &state.user_id_paths).ok_or(Refusal::NoUser)?;
     Ok((sid, user))
 }

@@ -18,39 +18,65 @@ pub enum ClientMessage {
     Ping,
 }
 
-/// Parses a text frame. The error is the message to send back in `{"type":"error"}`.
-pub fn parse(text: &str) -> Result<ClientMessage, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+/// Why a client text frame is not a valid message. The `Display` text is what the client is
+/// sent in `{"type":"error","message":...}`; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame is not JSON; carries the JSON parser's description of where and why.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// The frame is JSON but not an object.
+    #[error("message must be a JSON object")]
+    NotAnObject,
+    /// No `type`, or `type: null`.
+    #[error("missing field \"type\"")]
+    MissingType,
+    /// `type` is not a string.
+    #[error("field \"type\" must be a string")]
+    TypeNotString,
+    /// `type` is a string naming no message.
+    #[error("unknown message type \"{0}\"; expected subscribe, unsubscribe or ping")]
+    UnknownType(String),
+    /// A subscribe or unsubscribe (the `&'static str`) without `channel`, or with `null`.
+    #[error("missing field \"channel\" for {0}")]
+    MissingChannel(&'static str),
+    /// `channel` is not a string.
+    #[error("field \"channel\" must be a string")]
+    ChannelNotString,
+    /// `channel` is a string naming no channel.
+    #[error("unknown channel \"{0}\"; expected one of {list}", list = channel_names())]
+    UnknownChannel(String),
+}
+
+fn channel_names() -> String {
+    WsChannel::ALL.map(WsChannel::as_str).join(", ")
+}
+
+/// Parses a text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
     let Some(fields) = value.as_object() else {
-        return Err("message must be a JSON object".to_owned());
+        return Err(ProtocolError::NotAnObject);
     };
     let kind = match fields.get("type") {
-        None | Some(Value::Null) => return Err("missing field \"type\"".to_owned()),
+        None | Some(Value::Null) => return Err(ProtocolError::MissingType),
         Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err("field \"type\" must be a string".to_owned()),
+        Some(_) => return Err(ProtocolError::TypeNotString),
     };
-    let channel = || -> Result<WsChannel, String> {
+    let channel = |kind: &'static str| -> Result<WsChannel, ProtocolError> {
         let name = match fields.get("channel") {
-            None | Some(Value::Null) => {
-                return Err(format!("missing field \"channel\" for {kind}"));
-            }
+            None | Some(Value::Null) => return Err(ProtocolError::MissingChannel(kind)),
             Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err("field \"channel\" must be a string".to_owned()),
+            Some(_) => return Err(ProtocolError::ChannelNotString),
         };
-        WsChannel::parse(name).ok_or_else(|| {
-            format!(
-                "unknown channel \"{name}\"; expected one of {}",
-                WsChannel::ALL.map(WsChannel::as_str).join(", ")
-            )
-        })
+        WsChannel::parse(name).ok_or_else(|| ProtocolError::UnknownChannel(name.to_owned()))
     };
     match kind {
-        "subscribe" => channel().map(ClientMessage::Subscribe),
-        "unsubscribe" => channel().map(ClientMessage::Unsubscribe),
+        "subscribe" => channel("subscribe").map(ClientMessage::Subscribe),
+        "unsubscribe" => channel("unsubscribe").map(ClientMessage::Unsubscribe),
         "ping" => Ok(ClientMessage::Ping),
-        other => Err(format!(
-            "unknown message type \"{other}\"; expected subscribe, unsubscribe or ping"
-        )),
+        other => Err(ProtocolError::UnknownType(other.to_owned())),
     }
 }
 
@@ -91,6 +117,31 @@ mod tests {
     }
 
     #[test]
+    fn client_visible_texts_are_the_seed_wording() {
+        let cases = [
+            (
+                r#"{"type":"dance"}"#,
+                ProtocolError::UnknownType("dance".into()),
+                r#"unknown message type "dance"; expected subscribe, unsubscribe or ping"#,
+            ),
+            (
+                r#"{"type":"unsubscribe"}"#,
+                ProtocolError::MissingChannel("unsubscribe"),
+                r#"missing field "channel" for unsubscribe"#,
+            ),
+            (
+                r#"{"type":"subscribe","channel":"deal_changes"}"#,
+                ProtocolError::UnknownChannel("deal_changes".into()),
+                r#"unknown channel "deal_changes"; expected one of order_changes, product_changes, customer_changes, shipment_changes, transaction_changes"#,
+            ),
+        ];
+        for (input, error, text) in cases {
+            assert_eq!(parse(input), Err(error), "{input}");
+            assert_eq!(parse(input).unwrap_err().to_string(), text);
+        }
+    }
+
+    #[test]
     fn says_what_is_wrong() {
         let cases = [
             ("{nope", "invalid JSON"),
@@ -112,7 +163,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            let err = parse(input).unwrap_err();
+            let err = parse(input).unwrap_err().to_string();
             assert!(err.contains(expected), "{input}: {err}");
         }
     }

@@ -185,12 +185,27 @@ fn cookie_expired(sess: &Value) -> bool {
         .is_some_and(|at| at < time::OffsetDateTime::now_utc())
 }
 
-/// The user id at the first of `paths` (dotted, e.g. `passport.user`) that holds a string or
-/// a number.
-pub fn user_id(sess: &Value, paths: &[String]) -> Option<Value> {
-    paths.iter().find_map(|path| {
-        let pointer = format!("/{}", path.replace('.', "/"));
-        sess.pointer(&pointer)
+/// Where a session holds its user id: `session.user_id_paths` (dotted, e.g. `passport.user`)
+/// turned into JSON pointers once at start-up, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdPaths(Vec<String>);
+
+impl UserIdPaths {
+    /// The pointers of dotted paths: `passport.user` is `/passport/user`.
+    pub fn new(dotted: &[String]) -> Self {
+        Self(
+            dotted
+                .iter()
+                .map(|path| format!("/{}", path.replace('.', "/")))
+                .collect(),
+        )
+    }
+}
+
+/// The user id at the first of `paths` that holds a string or a number.
+pub fn user_id(sess: &Value, paths: &UserIdPaths) -> Option<Value> {
+    paths.0.iter().find_map(|pointer| {
+        sess.pointer(pointer)
             .filter(|v| v.is_number() || v.as_str().is_some_and(|s| !s.is_empty()))
             .cloned()
     })
@@ -204,7 +219,7 @@ mod tests {
 
     #[test]
     fn finds_the_user_id_by_path_in_order() {
-        let paths = vec!["userId".to_owned(), "passport.user".to_owned()];
+        let paths = UserIdPaths::new(&["userId".to_owned(), "passport.user".to_owned()]);
         assert_eq!(user_id(&json!({"userId": 1}), &paths), Some(json!(1)));
         assert_eq!(
             user_id(&json!({"passport": {"user": "u-7"}}), &paths),

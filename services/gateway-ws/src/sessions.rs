@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::session_store::{self, SessionStore};
+use crate::session_store::{self, SessionStore, UserIdPaths};
 
 /// Sids checked per store round trip.
 const BATCH: usize = 500;
@@ -141,7 +141,7 @@ impl Drop for Registration<'_> {
 pub async fn revalidate(
     registry: Arc<SessionRegistry>,
     store: SessionStore,
-    user_id_paths: Vec<String>,
+    user_id_paths: UserIdPaths,
     interval: Duration,
     shutdown: CancellationToken,
 ) {

@@ -97,3 +97,45 @@ fn caps_must_be_positive() {
         );
     }
 }
+
+#[test]
+fn provider_algorithms_are_parsed_at_load() {
+    use super::ProviderAlgorithm;
+    let settings = load(&[("PROVIDER__ALGORITHMS", r#"["ES384", "PS256"]"#)]).unwrap();
+    assert_eq!(
+        settings.service.provider.algorithms,
+        [ProviderAlgorithm::ES384, ProviderAlgorithm::PS256]
+    );
+    // Refused even while /provider is not configured: a typo must not wait for the issuer.
+    let err = load(&[("PROVIDER__ALGORITHMS", r#"["ES384", "HS256"]"#)]).unwrap_err();
+    assert!(err.key.starts_with("provider.algorithms"), "{err}");
+    for alg in ProviderAlgorithm::ALL {
+        assert_eq!(ProviderAlgorithm::from_name(alg.as_str()), Some(alg));
+    }
+    assert_eq!(ProviderAlgorithm::from_name("none"), None);
+}
+
+#[test]
+fn prepare_builds_what_run_needs_and_names_the_key_it_refuses() {
+    let prepared = crate::prepare(&load(&[("SOCKETIO__CORS_ORIGINS", r#"["*"]"#)]).unwrap());
+    assert!(prepared.is_ok(), "{prepared:?}");
+
+    let settings = load(&[
+        ("ADMIN__ALGORITHM", "ES256"),
+        (
+            "ADMIN__PUBLIC_KEYS",
+            r#"["-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----"]"#,
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        crate::prepare(&settings).unwrap_err().key,
+        "admin.public_keys[0]"
+    );
+
+    let settings = load(&[("SOCKETIO__CORS_ORIGINS", r#"["https://a.example\n"]"#)]).unwrap();
+    assert_eq!(
+        crate::prepare(&settings).unwrap_err().key,
+        "socketio.cors_origins"
+    );
+}

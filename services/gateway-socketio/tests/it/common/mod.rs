@@ -23,6 +23,10 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+mod scenario;
+
+pub use scenario::*;
+
 /// `admin.secret` of every gateway started here (HS256).
 pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789";
 /// The operator API key (`api.keys`).
@@ -67,7 +71,11 @@ impl Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway_socketio::run(settings, listener, shutdown.clone()));
+        let task = tokio::spawn(gateway_socketio::prepare_and_run(
+            settings,
+            listener,
+            shutdown.clone(),
+        ));
         let gateway = Self {
             addr,
             shutdown,

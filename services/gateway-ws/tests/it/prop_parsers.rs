@@ -3,7 +3,6 @@
 //!
 //! Nothing here may panic on arbitrary input; invalid input is an error; what `sign` and the
 //! protocol's own messages produce is accepted and gives back the original.
-#![allow(clippy::unwrap_used)]
 
 use events::surface::WsChannel;
 use gateway_ws::cookie::{find_cookie, sign, unsign};

@@ -10,8 +10,7 @@ use test_support::{WAIT, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::common::*;
-use super::{ACME, AUDIENCE, ISSUER, PROVIDER_AUDIENCE, PROVIDER_ISSUER, admin_gateway};
+use crate::common::*;
 
 /// The gateway believes `X-Forwarded-For` from the test client (127.0.0.1), as it would from
 /// the edge proxy in front of it.

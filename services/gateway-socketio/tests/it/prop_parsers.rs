@@ -3,7 +3,6 @@
 //!
 //! Nothing here may panic on arbitrary input; a token that is not signed by a configured key
 //! is refused; signed tokens and well-formed payloads are accepted.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -417,6 +416,7 @@ fn provider() -> ProviderVerifier {
         ..ProviderConfig::default()
     })
     .unwrap()
+    .expect("an issuer is configured")
 }
 
 proptest! {

@@ -1,0 +1,15 @@
+//! gateway-socketio integration tests, one binary, against `docs/gateway-socketio.md`: the
+//! service in process (or as a process, for [`lifecycle`]), a real nats-server and PostgreSQL
+//! per test, and the real socket.io-client 4.8 (Node, `tests/client`) driving the sockets. Run
+//! `npm ci` in `tests/client` first (scripts/test.sh does).
+#![allow(clippy::unwrap_used)]
+
+mod admin_auth;
+mod common;
+mod hardening;
+mod lifecycle;
+mod prop_parsers;
+mod provider;
+mod serving;
+mod subscriptions;
+mod widget;
