@@ -14,7 +14,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::pattern::any_matches;
+use service_runtime::{Backoff, ReadyFlag};
+
+use crate::pattern::{Pattern, any_matches};
 use crate::store::Store;
 
 /// How long the in-memory copy of subscription patterns is trusted. Changes made through this
@@ -22,7 +24,7 @@ use crate::store::Store;
 const PATTERNS_TTL: Duration = Duration::from_secs(1);
 
 /// `(subscription, patterns)` of every enabled subscription.
-type Patterns = Arc<Vec<(Uuid, Vec<String>)>>;
+type Patterns = Arc<Vec<(Uuid, Vec<Pattern>)>>;
 
 /// Subscription patterns, cached briefly.
 #[derive(Debug, Default)]
@@ -50,7 +52,7 @@ impl PatternCache {
 }
 
 /// Consumes until shutdown, retrying with backoff through NATS or PostgreSQL outages.
-/// `consuming` turns true once the durable consumer exists (readiness).
+/// `consuming` is set once the durable consumer exists (readiness).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     js: jetstream::Context,
@@ -60,10 +62,10 @@ pub async fn run(
     batch: usize,
     ack_wait: Duration,
     work_ready: Arc<Notify>,
-    consuming: Arc<std::sync::atomic::AtomicBool>,
+    consuming: ReadyFlag,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         // Cancelling mid-batch is safe: JetStream redelivers whatever was not acknowledged.
         let attempt = consume(
@@ -83,13 +85,11 @@ pub async fn run(
         };
         match result {
             Ok(()) => return,
-            Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "event intake interrupted"),
+            Err(err) => tracing::warn!(error = %err, "event intake interrupted; retrying"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -102,7 +102,7 @@ async fn consume(
     batch: usize,
     ack_wait: Duration,
     work_ready: &Notify,
-    consuming: &std::sync::atomic::AtomicBool,
+    consuming: &ReadyFlag,
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stream = js.get_stream(events::subject::EVENTS_STREAM).await?;
@@ -123,7 +123,7 @@ async fn consume(
         )
         .await?;
     tracing::info!(consumer = consumer_name, "event intake started");
-    consuming.store(true, std::sync::atomic::Ordering::Release);
+    consuming.set();
     let events_in = metrics::counter!("webhook_events_consumed_total");
     let invalid = metrics::counter!("webhook_events_invalid_total");
     let mut messages = consumer

@@ -39,14 +39,46 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// The dispatcher's schema.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// What [`run`] needs built from the configuration, made by [`prepare`] before the port is
+/// bound so that a configuration only the dispatcher can judge never starts listening.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The destination policy (`delivery.allow_networks`).
+    pub policy: Arc<ssrf::AddressPolicy>,
+    /// The delivery HTTP client (`delivery.proxy`, timeouts, the policy in its resolver).
+    pub http: reqwest::Client,
+    /// The API's credential check (`api.*`).
+    pub auth: api::auth::Authenticator,
+}
+
+/// Builds [`Prepared`] from `settings`; the error names the key at fault.
+pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
+    let service = &settings.service;
+    // Judged here too (not only by loading), so a `run` called with settings built some other
+    // way cannot get as far as listening without a database.
+    settings.common.database.connect_options()?;
+    let policy = Arc::new(ssrf::AddressPolicy::new(
+        service.delivery.allow_networks.clone(),
+    ));
+    let http = worker::http_client(&service.delivery, Arc::clone(&policy))
+        .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
+    Ok(Prepared {
+        policy,
+        http,
+        auth: api::auth::Authenticator::new(&service.api),
+    })
+}
+
 /// Runs the API, intake, workers and pruning until `shutdown`; then stops consuming, lets
 /// in-flight attempts finish and be recorded, and returns.
 pub async fn run(
     settings: Settings<Config>,
+    prepared: Prepared,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let Settings { common, service } = settings;
+    let Prepared { policy, http, auth } = prepared;
     let mut ctx =
         ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
     let pool = ctx
@@ -54,26 +86,10 @@ pub async fn run(
         .clone()
         .ok_or_else(|| ConfigError::new("database.url", "is required"))?;
     let store = store::Store::new(pool);
-    let policy = Arc::new(ssrf::AddressPolicy::new(
-        service.delivery.allow_networks.clone(),
-    ));
-    let http = worker::http_client(&service.delivery, Arc::clone(&policy))
-        .map_err(|e| ConfigError::new("delivery", format!("http client: {e}")))?;
     let patterns = Arc::new(intake::PatternCache::default());
     let work_ready = Arc::new(Notify::new());
 
-    let consuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&consuming);
-    ctx.readiness.add("intake", move || {
-        let up = flag.load(std::sync::atomic::Ordering::Acquire);
-        async move {
-            if up {
-                Ok(())
-            } else {
-                Err("consumer not created yet".to_owned())
-            }
-        }
-    });
+    let consuming = ctx.readiness.flag("intake", "consumer not created yet");
     let intake = tokio::spawn(intake::run(
         ctx.jetstream.clone(),
         store.clone(),
@@ -106,11 +122,7 @@ pub async fn run(
         work_ready,
     };
     let grace = common.grace();
-    ctx.serve(
-        listener,
-        api::router(state, api::auth::Authenticator::new(&service.api)),
-    )
-    .await?;
+    ctx.serve(listener, api::router(state, auth)).await?;
     if tokio::time::timeout(grace, async {
         let _ = intake.await;
         let _ = workers.await;

@@ -27,17 +27,31 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// Why a string is not a signing secret. Never repeats the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SigningKeyError {
+    /// No `whsec_` prefix.
+    #[error("must start with {SECRET_PREFIX}")]
+    MissingPrefix,
+    /// What follows the prefix is not base64.
+    #[error("must be whsec_ followed by base64")]
+    NotBase64,
+    /// The key is too short or too long.
+    #[error("key must be 24 to 64 bytes")]
+    Length,
+}
+
 impl SigningKey {
     /// Decodes `whsec_<base64>`.
-    pub fn parse(secret: &str) -> Result<Self, String> {
+    pub fn parse(secret: &str) -> Result<Self, SigningKeyError> {
         let encoded = secret
             .strip_prefix(SECRET_PREFIX)
-            .ok_or_else(|| format!("must start with {SECRET_PREFIX}"))?;
+            .ok_or(SigningKeyError::MissingPrefix)?;
         let key = STANDARD
             .decode(encoded)
-            .map_err(|_| "must be whsec_ followed by base64".to_owned())?;
+            .map_err(|_| SigningKeyError::NotBase64)?;
         if !(24..=64).contains(&key.len()) {
-            return Err("key must be 24 to 64 bytes".to_owned());
+            return Err(SigningKeyError::Length);
         }
         Ok(Self(key))
     }
@@ -219,7 +233,17 @@ mod tests {
                 300
             ));
         }
-        assert!(SigningKey::parse("whsec_short").is_err());
-        assert!(SigningKey::parse("nope").is_err());
+        assert_eq!(
+            SigningKey::parse("whsec_short"),
+            Err(SigningKeyError::NotBase64)
+        );
+        assert_eq!(
+            SigningKey::parse("whsec_c2hvcnQ="),
+            Err(SigningKeyError::Length)
+        );
+        assert_eq!(
+            SigningKey::parse("nope"),
+            Err(SigningKeyError::MissingPrefix)
+        );
     }
 }

@@ -3,14 +3,18 @@
 
 mod claims;
 mod deliveries;
+mod status;
 
-pub use claims::{Claimed, DeliveryStatus, LocalLoad, Outcome, Recorded};
+pub use claims::{Claimed, LocalLoad, Outcome, Recorded};
 pub use deliveries::{Attempt, Delivery, Redelivery};
+pub use status::{DeliveryStatus, UnknownStatus};
 
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::pattern::Pattern;
 
 /// A webhook subscription as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -20,7 +24,7 @@ pub struct Subscription {
     /// Where deliveries are POSTed.
     pub url: String,
     /// Patterns: `deal.status_changed`, `deal.*`, `*`.
-    pub event_types: Vec<String>,
+    pub event_types: Vec<Pattern>,
     /// Free text.
     pub description: String,
     /// Attempts per delivery.
@@ -55,7 +59,7 @@ pub struct NewSubscription {
     /// URL.
     pub url: String,
     /// Patterns.
-    pub event_types: Vec<String>,
+    pub event_types: Vec<Pattern>,
     /// Description.
     pub description: String,
     /// Attempts per delivery.
@@ -74,7 +78,7 @@ pub struct SubscriptionPatch {
     /// URL.
     pub url: Option<String>,
     /// Patterns.
-    pub event_types: Option<Vec<String>>,
+    pub event_types: Option<Vec<Pattern>>,
     /// Description.
     pub description: Option<String>,
     /// Enable (clears the failure count and reason) or disable.
@@ -243,11 +247,29 @@ impl Store {
         Ok(true)
     }
 
-    /// `(id, patterns)` of every enabled subscription.
-    pub async fn enabled_patterns(&self) -> Result<Vec<(Uuid, Vec<String>)>, sqlx::Error> {
-        sqlx::query_as("SELECT id, event_types FROM webhook_subscriptions WHERE enabled")
-            .fetch_all(&self.pool)
-            .await
+    /// `(id, patterns)` of every enabled subscription. The API stores only patterns that
+    /// parse; a row that holds another value anyway (edited by hand) is logged as an error and
+    /// left out, rather than stopping intake for every subscription.
+    pub async fn enabled_patterns(&self) -> Result<Vec<(Uuid, Vec<Pattern>)>, sqlx::Error> {
+        let rows: Vec<(Uuid, Vec<String>)> =
+            sqlx::query_as("SELECT id, event_types FROM webhook_subscriptions WHERE enabled")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(id, raw)| match raw.iter().map(|p| Pattern::parse(p)).collect() {
+                    Ok(patterns) => Some((id, patterns)),
+                    Err(err) => {
+                        tracing::error!(
+                            subscription = %id, error = %err,
+                            "stored pattern does not parse; the subscription receives nothing"
+                        );
+                        None
+                    }
+                },
+            )
+            .collect())
     }
 
     /// Stores events and their deliveries in one transaction; repeats are ignored, so a

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use service_runtime::Backoff;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::http::{AttemptError, Response, classify, parse_retry_after};
-pub use self::http::{http_client, literal_ip};
+pub use self::http::{HttpClientError, http_client, literal_ip};
 use crate::config::DeliveryConfig;
 use crate::signing::{SigningKey, sign};
 use crate::ssrf::AddressPolicy;
@@ -36,6 +37,8 @@ pub struct Dispatcher {
     config: DeliveryConfig,
     policy: Arc<AddressPolicy>,
     admission: Arc<admission::Admission>,
+    /// Delays between a delivery's attempts.
+    retry: Backoff,
 }
 
 impl Dispatcher {
@@ -47,6 +50,7 @@ impl Dispatcher {
         policy: Arc<AddressPolicy>,
     ) -> Self {
         Self {
+            retry: retry_backoff(&config),
             store,
             http,
             config,
@@ -66,7 +70,7 @@ impl Dispatcher {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let idle = Duration::from_millis(self.config.poll_interval_ms);
         let lease = Duration::from_secs(self.config.lease_secs);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
             let free = permits.available_permits() as i64;
             if free == 0 {
@@ -91,16 +95,14 @@ impl Dispatcher {
                 c = claim => c,
             } {
                 Ok(c) => {
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                     c
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?delay, "claiming deliveries failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
+                    tracing::warn!(error = %err, "claiming deliveries failed; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -195,15 +197,23 @@ impl Dispatcher {
         } else if permanent || d.attempts >= d.max_attempts {
             outcome.status = DeliveryStatus::Failed;
         } else {
-            let wait = backoff(&self.config, d.attempts).max(retry_after.unwrap_or_default());
-            let wait = wait.min(Duration::from_secs(self.config.retry_max_secs));
-            outcome.next_attempt_at = started_at + wait;
+            outcome.next_attempt_at = started_at + self.retry_delay(d.attempts, retry_after);
         }
         if outcome.status != DeliveryStatus::Pending {
             metrics::counter!("webhook_deliveries_total", "outcome" => outcome.status.as_str())
                 .increment(1);
         }
         outcome
+    }
+
+    /// The wait before the next attempt after attempt number `attempt` failed: the backoff,
+    /// or longer when the endpoint asked for it, never longer than `retry_max_secs`.
+    fn retry_delay(&self, attempt: i32, retry_after: Option<Duration>) -> Duration {
+        let retry = u32::try_from(attempt).unwrap_or(1);
+        self.retry
+            .delay(retry)
+            .max(retry_after.unwrap_or_default())
+            .min(Duration::from_secs(self.config.retry_max_secs))
     }
 
     async fn send(&self, d: &Claimed, timestamp: i64) -> Result<Response, AttemptError> {
@@ -217,7 +227,14 @@ impl Dispatcher {
         let keys: Vec<SigningKey> = d
             .secrets
             .iter()
-            .filter_map(|s| SigningKey::parse(s).ok())
+            .filter_map(|s| match SigningKey::parse(s) {
+                Ok(key) => Some(key),
+                Err(err) => {
+                    // The API stores only secrets that parse; this one was put there otherwise.
+                    tracing::error!(subscription = %d.subscription_id, error = %err, "stored signing secret does not parse; not used");
+                    None
+                }
+            })
             .collect();
         if keys.is_empty() {
             return Err(AttemptError::Transport(
@@ -281,14 +298,12 @@ fn storable(text: String) -> String {
     }
 }
 
-/// `retry_base_ms * 2^(attempt-1)`, ±20 % jitter.
-fn backoff(config: &DeliveryConfig, attempt: i32) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(20);
-    let base = config.retry_base_ms.saturating_mul(1u64 << exp) as f64;
-    let jitter = 0.8 + rand::random::<f64>() * 0.4;
-    Duration::from_millis((base * jitter) as u64)
+/// `retry_base_ms × 2^(attempt−1)`, ±20 % jitter, at most `retry_max_secs`.
+fn retry_backoff(config: &DeliveryConfig) -> Backoff {
+    Backoff::new(
+        Duration::from_millis(config.retry_base_ms),
+        Duration::from_secs(config.retry_max_secs),
+    )
 }
 
 #[cfg(test)]
@@ -301,13 +316,20 @@ mod tests {
             retry_base_ms: 1000,
             ..DeliveryConfig::default()
         };
+        let backoff = retry_backoff(&config);
         for (attempt, center) in [(1, 1000.0), (2, 2000.0), (3, 4000.0)] {
-            let ms = backoff(&config, attempt).as_millis() as f64;
+            let ms = backoff.delay(attempt).as_millis() as f64;
             assert!(
                 (center * 0.8..=center * 1.2).contains(&ms),
                 "{attempt}: {ms}"
             );
         }
+        let capped = retry_backoff(&DeliveryConfig {
+            retry_base_ms: 1000,
+            retry_max_secs: 3,
+            ..DeliveryConfig::default()
+        });
+        assert!(capped.delay(10) <= Duration::from_secs(3));
     }
 
     #[test]

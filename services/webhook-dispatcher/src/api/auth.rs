@@ -6,22 +6,23 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use sha2::{Digest, Sha256};
+use service_runtime::http_api::{ApiKeys, bearer};
 
 use super::error::ApiError;
 use crate::config::ApiConfig;
 
-/// Checks credentials. Keys are kept as SHA-256 digests and compared in constant time.
+/// Checks credentials. Keys are kept as SHA-256 digests and compared in constant time
+/// ([`ApiKeys`]).
 #[derive(Clone)]
 pub struct Authenticator {
-    key_digests: Arc<Vec<[u8; 32]>>,
+    keys: ApiKeys,
     jwt: Option<Arc<(DecodingKey, Validation)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("keys", &self.key_digests.len())
+            .field("keys", &self.keys)
             .field("jwt", &self.jwt.is_some())
             .finish()
     }
@@ -53,25 +54,14 @@ impl Authenticator {
             ))
         });
         Self {
-            key_digests: Arc::new(
-                config
-                    .keys
-                    .iter()
-                    .map(|k| Sha256::digest(k.as_bytes()).into())
-                    .collect(),
-            ),
+            keys: ApiKeys::new(&config.keys),
             jwt,
         }
     }
 
     /// Whether a bearer credential is accepted.
     pub fn accepts(&self, credential: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
-        let key_ok = self
-            .key_digests
-            .iter()
-            .fold(false, |found, k| found | constant_time_eq(k, &digest));
-        if key_ok {
+        if self.keys.accepts(credential) {
             return true;
         }
         match &self.jwt {
@@ -83,22 +73,9 @@ impl Authenticator {
     }
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Middleware rejecting requests without accepted credentials.
 pub async fn require(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
-    let credential = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match credential {
+    match bearer(request.headers()) {
         Some(c) if auth.accepts(c) => next.run(request).await,
         _ => ApiError::Unauthorized.into_response(),
     }

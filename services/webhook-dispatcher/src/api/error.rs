@@ -1,9 +1,8 @@
 //! API errors, mapped to HTTP in this one place. Internal errors are logged, never shown.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use service_runtime::http_api::error_response;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -65,18 +64,10 @@ impl IntoResponse for ApiError {
             Self::Database(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        let mut body = json!({"error": {"code": code, "message": message}});
-        if let Self::Validation { field, .. } = &self {
-            body["error"]["field"] = json!(field);
-        }
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED
-            && let Ok(v) = "Bearer".parse()
-        {
-            response
-                .headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, v);
-        }
-        response
+        let field = match &self {
+            Self::Validation { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        error_response(status, code, &message, field)
     }
 }

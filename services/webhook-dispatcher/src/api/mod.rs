@@ -26,7 +26,7 @@ use crate::intake::PatternCache;
 use crate::pattern::Pattern;
 use crate::signing::{SigningKey, generate_secret};
 use crate::ssrf::AddressPolicy;
-use crate::store::{NewSubscription, Redelivery, Store, SubscriptionPatch};
+use crate::store::{DeliveryStatus, NewSubscription, Redelivery, Store, SubscriptionPatch};
 use crate::worker::literal_ip;
 
 /// The OpenAPI document served at `/openapi.json`.
@@ -140,17 +140,33 @@ fn validate_url(state: &ApiState, raw: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_patterns(patterns: &[String]) -> Result<(), ApiError> {
+/// The patterns of a request, parsed; the error names the first one that does not parse.
+fn parse_patterns(patterns: &[String]) -> Result<Vec<Pattern>, ApiError> {
     if patterns.is_empty() {
         return Err(ApiError::field(
             "event_types",
             "must list at least one pattern",
         ));
     }
-    for (i, p) in patterns.iter().enumerate() {
-        Pattern::parse(p).map_err(|why| ApiError::field(format!("event_types[{i}]"), why))?;
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Pattern::parse(p)
+                .map_err(|why| ApiError::field(format!("event_types[{i}]"), why.to_string()))
+        })
+        .collect()
+}
+
+/// A secret given in a request, checked; `None`: a fresh one.
+fn secret_or_generated(secret: Option<String>) -> Result<String, ApiError> {
+    match secret {
+        Some(s) => {
+            SigningKey::parse(&s).map_err(|why| ApiError::field("secret", why.to_string()))?;
+            Ok(s)
+        }
+        None => Ok(generate_secret()),
     }
-    Ok(())
 }
 
 fn validate_range(
@@ -172,22 +188,16 @@ async fn create_subscription(
     ApiJson(body): ApiJson<CreateSubscription>,
 ) -> Result<Response, ApiError> {
     validate_url(&state, &body.url)?;
-    validate_patterns(&body.event_types)?;
+    let event_types = parse_patterns(&body.event_types)?;
     validate_range("max_attempts", body.max_attempts, 1..=50)?;
     validate_range("rate_limit_per_sec", body.rate_limit_per_sec, 1..=10_000)?;
     validate_range("max_concurrency", body.max_concurrency, 1..=1_000)?;
-    let secret = match body.secret {
-        Some(s) => {
-            SigningKey::parse(&s).map_err(|why| ApiError::field("secret", why))?;
-            s
-        }
-        None => generate_secret(),
-    };
+    let secret = secret_or_generated(body.secret)?;
     let sub = state
         .store
         .create_subscription(&NewSubscription {
             url: body.url,
-            event_types: body.event_types,
+            event_types,
             description: body.description,
             max_attempts: body
                 .max_attempts
@@ -291,9 +301,11 @@ async fn update_subscription(
     if let Some(url) = &body.url {
         validate_url(&state, url)?;
     }
-    if let Some(p) = &body.event_types {
-        validate_patterns(p)?;
-    }
+    let event_types = body
+        .event_types
+        .as_deref()
+        .map(parse_patterns)
+        .transpose()?;
     validate_range("max_attempts", body.max_attempts, 1..=50)?;
     validate_range("max_concurrency", body.max_concurrency, 1..=1_000)?;
     let rate_limit_per_sec = match body.rate_limit_per_sec {
@@ -315,7 +327,7 @@ async fn update_subscription(
     };
     let patch = SubscriptionPatch {
         url: body.url,
-        event_types: body.event_types,
+        event_types,
         description: body.description,
         enabled: body.enabled,
         max_attempts: body.max_attempts,
@@ -368,13 +380,7 @@ async fn rotate_secret(
     ApiJson(body): ApiJson<RotateSecret>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let secret = match body.secret {
-        Some(s) => {
-            SigningKey::parse(&s).map_err(|why| ApiError::field("secret", why))?;
-            s
-        }
-        None => generate_secret(),
-    };
+    let secret = secret_or_generated(body.secret)?;
     let grace = body
         .grace_secs
         .unwrap_or(state.delivery.rotation_grace_secs as i64);
@@ -435,14 +441,12 @@ async fn list_deliveries(
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    if let Some(s) = &page.status
-        && !matches!(s.as_str(), "pending" | "succeeded" | "failed")
-    {
-        return Err(ApiError::field(
-            "status",
-            "must be pending, succeeded or failed",
-        ));
-    }
+    let status = page
+        .status
+        .as_deref()
+        .map(str::parse::<DeliveryStatus>)
+        .transpose()
+        .map_err(|why| ApiError::field("status", why.to_string()))?;
     let limit = page.limit()?;
     state
         .store
@@ -453,7 +457,7 @@ async fn list_deliveries(
         .store
         .list_deliveries(
             id,
-            page.status.as_deref(),
+            status,
             page.event_type.as_deref(),
             limit,
             page.cursor()?,
@@ -499,7 +503,11 @@ async fn redeliver(
         }
     }
     state.work_ready.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({"status": "pending"}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": DeliveryStatus::Pending})),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Store;
+use super::{DeliveryStatus, Store};
 
 /// A delivery claimed for one attempt, with what is needed to send it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -53,28 +53,6 @@ pub struct LocalLoad {
     pub in_flight: i32,
     /// Attempts its rate limit allows right now; `None`: its full per-second budget.
     pub rate_tokens: Option<i32>,
-}
-
-/// A delivery's state after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryStatus {
-    /// To be retried at `next_attempt_at`.
-    Pending,
-    /// The endpoint accepted it.
-    Succeeded,
-    /// No attempt is left, or retrying cannot help.
-    Failed,
-}
-
-impl DeliveryStatus {
-    /// The database and API spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-        }
-    }
 }
 
 /// The result of one attempt.

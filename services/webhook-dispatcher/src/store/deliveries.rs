@@ -7,7 +7,7 @@ use serde::ser::SerializeStruct;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Store;
+use super::{DeliveryStatus, Store};
 
 /// A delivery as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -21,7 +21,7 @@ pub struct Delivery {
     /// Event type.
     pub event_type: String,
     /// `pending`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Attempts made so far.
     pub attempts: i32,
     /// When the next attempt is due (pending only).
@@ -104,7 +104,7 @@ impl Store {
     pub async fn list_deliveries(
         &self,
         subscription_id: Uuid,
-        status: Option<&str>,
+        status: Option<DeliveryStatus>,
         event_type: Option<&str>,
         limit: i64,
         before: Option<Uuid>,

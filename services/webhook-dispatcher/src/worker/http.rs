@@ -8,6 +8,27 @@ use time::OffsetDateTime;
 use crate::config::DeliveryConfig;
 use crate::ssrf::{AddressPolicy, PolicyResolver, Refusal};
 
+/// Why the delivery HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    /// `delivery.proxy` was refused by the client.
+    #[error("proxy: {0}")]
+    Proxy(#[source] reqwest::Error),
+    /// The client itself (TLS backend, resolver) could not be built.
+    #[error("http client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+impl HttpClientError {
+    /// The configuration key the failure is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Proxy(_) => "delivery.proxy",
+            Self::Build(_) => "delivery",
+        }
+    }
+}
+
 /// Builds the HTTP client deliveries use: no redirects, bounded timeouts, destination policy
 /// enforced in the resolver.
 ///
@@ -18,7 +39,7 @@ use crate::ssrf::{AddressPolicy, PolicyResolver, Refusal};
 pub fn http_client(
     config: &DeliveryConfig,
     policy: Arc<AddressPolicy>,
-) -> Result<reqwest::Client, reqwest::Error> {
+) -> Result<reqwest::Client, HttpClientError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -28,10 +49,12 @@ pub fn http_client(
         .dns_resolver(Arc::new(PolicyResolver::new(policy)))
         .user_agent(concat!("realtime-webhooks/", env!("CARGO_PKG_VERSION")));
     let builder = match &config.proxy {
-        Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.url().clone())?),
+        Some(proxy) => {
+            builder.proxy(reqwest::Proxy::all(proxy.url().clone()).map_err(HttpClientError::Proxy)?)
+        }
         None => builder.no_proxy(),
     };
-    builder.build()
+    builder.build().map_err(HttpClientError::Build)
 }
 
 /// The address of a URL whose host is an IP literal.

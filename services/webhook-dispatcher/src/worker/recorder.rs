@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use service_runtime::Backoff;
 use tokio::sync::mpsc;
 
 use crate::store::{Outcome, Store};
@@ -58,7 +59,7 @@ impl Recorder {
             if chunk.is_empty() {
                 continue;
             }
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match self.store.record(&chunk, self.disable_after).await {
                     Ok(done) => {
@@ -102,9 +103,11 @@ impl Recorder {
                             dropped("lease_expired", chunk.len());
                             break;
                         }
+                        // No shutdown here: the recorder runs until every attempt is recorded
+                        // or its lease has run out.
+                        let delay = backoff.next_delay();
                         tracing::warn!(error = %err, outcomes = chunk.len(), retry_in = ?delay, "recording attempts failed, retrying");
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }

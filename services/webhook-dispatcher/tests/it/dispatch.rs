@@ -1,12 +1,9 @@
 //! webhook-dispatcher end to end: real PostgreSQL, real NATS, a real HTTP receiver.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;

@@ -42,3 +42,44 @@ fn the_example_config_file_loads() {
         ],
     );
 }
+
+#[test]
+fn a_database_url_that_does_not_parse_is_refused_before_binding() {
+    test_support::lifecycle::rejects_prepared_config_before_binding(
+        BIN,
+        PREFIX,
+        &[
+            ("DATABASE__URL", "postgres://u@h:notaport/db"),
+            ("API__KEYS", "[lifecycle-key-0123456789]"),
+        ],
+        "database.url",
+    );
+}
+
+#[test]
+fn a_proxy_that_is_not_http_is_refused_before_binding() {
+    test_support::lifecycle::rejects_prepared_config_before_binding(
+        BIN,
+        PREFIX,
+        &[
+            ("DATABASE__URL", "postgres://postgres@127.0.0.1:5432/unused"),
+            ("API__KEYS", "[lifecycle-key-0123456789]"),
+            ("DELIVERY__PROXY", "socks5://proxy.internal:1080"),
+        ],
+        "delivery.proxy",
+    );
+}
+
+#[test]
+fn an_allowed_network_that_does_not_parse_is_refused_before_binding() {
+    test_support::lifecycle::rejects_prepared_config_before_binding(
+        BIN,
+        PREFIX,
+        &[
+            ("DATABASE__URL", "postgres://postgres@127.0.0.1:5432/unused"),
+            ("API__KEYS", "[lifecycle-key-0123456789]"),
+            ("DELIVERY__ALLOW_NETWORKS", "[10.0.0.0/33]"),
+        ],
+        "delivery.allow_networks",
+    );
+}

@@ -1,6 +1,6 @@
 //! Shared pieces of the dispatcher's end-to-end tests: a real HTTP receiver, the dispatcher
 //! running in process (or as a process), and an API client.
-#![allow(clippy::unwrap_used, dead_code, missing_debug_implementations)]
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -180,11 +180,13 @@ impl Dispatcher {
                 env: dispatcher_env(nats, db, extra),
             })
             .expect("valid test config");
+        let prepared = webhook_dispatcher::prepare(&settings).expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(webhook_dispatcher::run(
             settings,
+            prepared,
             listener,
             shutdown.clone(),
         ));

@@ -1,6 +1,5 @@
 //! Claiming and recording against a real PostgreSQL: what a claim takes, and that no outcome
 //! can hold up the others.
-#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +7,7 @@ use sqlx::PgPool;
 use test_support::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use webhook_dispatcher::pattern::Pattern;
 use webhook_dispatcher::store::{
     Claimed, DeliveryStatus, LocalLoad, NewSubscription, Outcome, Store,
 };
@@ -23,7 +23,7 @@ async fn subscription(store: &Store, max_concurrency: i32, rate: Option<i32>) ->
     store
         .create_subscription(&NewSubscription {
             url: "https://example.com/hook".to_owned(),
-            event_types: vec!["*".to_owned()],
+            event_types: vec![Pattern::All],
             description: String::new(),
             max_attempts: 3,
             rate_limit_per_sec: rate,
@@ -100,7 +100,7 @@ async fn a_rejected_outcome_is_dropped_alone_and_the_rest_are_recorded() {
     assert_eq!(attempts(&store).await, 6);
     // Response bodies are stored byte for byte, NUL and non-UTF-8 included.
     let d = store.get_delivery(claimed[0].id).await.unwrap().unwrap();
-    assert_eq!(d.status, "succeeded");
+    assert_eq!(d.status, DeliveryStatus::Succeeded);
     assert_eq!(
         d.attempt_log[0].response_body.as_deref(),
         Some(&b"ok\0\xff"[..])
@@ -148,7 +148,11 @@ async fn an_outcome_is_recorded_only_under_its_own_claim() {
     let late = store.record(&[success(&first)], 0).await.unwrap();
     assert_eq!((late.recorded, late.lease_lost), (0, vec![first.id]));
     let d = store.get_delivery(first.id).await.unwrap().unwrap();
-    assert_eq!(d.status, "pending", "the newer claim still owns it");
+    assert_eq!(
+        d.status,
+        DeliveryStatus::Pending,
+        "the newer claim still owns it"
+    );
     assert!(
         claim(&store, 10, &[]).await.is_empty(),
         "and still holds it"

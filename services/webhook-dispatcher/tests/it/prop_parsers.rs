@@ -4,7 +4,6 @@
 //!
 //! Nothing here may panic on arbitrary input; invalid input is an error; a valid pattern's
 //! canonical form parses back to the same pattern; what `sign` writes verifies.
-#![allow(clippy::unwrap_used)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -138,7 +137,8 @@ proptest! {
         let expected = patterns
             .iter()
             .any(|p| Pattern::parse(p).is_ok_and(|p| p.matches(&event_type)));
-        prop_assert_eq!(any_matches(&patterns, &event_type), expected);
+        let parsed: Vec<Pattern> = patterns.iter().filter_map(|p| Pattern::parse(p).ok()).collect();
+        prop_assert_eq!(any_matches(&parsed, &event_type), expected);
     }
 
     #[test]

@@ -1,5 +1,4 @@
 //! The served OpenAPI document, the route table and the router agree.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 

@@ -1,14 +1,11 @@
 //! What an endpoint or an operator can do that must not stall or duplicate deliveries: odd
 //! response bodies, deleting a subscription mid-attempt, slow endpoints, redelivering an
 //! attempt in flight, and proxies in the environment. Real PostgreSQL, NATS and receivers.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use test_support::{NatsServer, ServiceProcess, TestDatabase, eventually};
 
