@@ -9,7 +9,6 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
 pub mod lifecycle;
-pub mod procfs;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::receiver::Receiver;
+use super::receiver::Receiver;
 
-const API_KEY: &str = "webhook-load-api-key-0123456789";
+const API_KEY: &str = "load-webhook-api-key-0123456789";
 
 /// How the dispatcher and its subscriptions are configured.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl StackOptions {
 pub struct Stack {
     pub nats: NatsServer,
     pub db: TestDatabase,
-    /// The tool's own connections (application_name `webhook-load`).
+    /// The tool's own connections (application_name `load-webhook`).
     pub observer: PgPool,
     pub receiver: Receiver,
     shutdown: CancellationToken,
@@ -111,11 +111,14 @@ impl Stack {
         let settings = webhook_dispatcher::SPEC
             .load::<webhook_dispatcher::Config>(&ConfigSource { file: None, env })
             .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
+        let prepared = webhook_dispatcher::prepare(&settings)
+            .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dispatcher = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(webhook_dispatcher::run(
             settings,
+            prepared,
             listener,
             shutdown.clone(),
         ));
@@ -130,7 +133,7 @@ impl Stack {
             let mut body = json!({
                 "url": receiver.url(),
                 "event_types": ["order.updated"],
-                "description": format!("webhook-load {i}"),
+                "description": format!("load-webhook {i}"),
             });
             if let Some(c) = options.subscription_concurrency {
                 body["max_concurrency"] = json!(c);
@@ -154,7 +157,7 @@ impl Stack {
                 db.url()
                     .parse::<PgConnectOptions>()
                     .unwrap()
-                    .application_name("webhook-load"),
+                    .application_name("load-webhook"),
             )
             .await
             .unwrap();

@@ -1,5 +1,6 @@
 //! The servers under test: the release `gateway-socketio` (with a fresh PostgreSQL database)
-//! and the Node `socket.io` baseline (`node/server.mjs`), both on the same private NATS server.
+//! and the Node `socket.io` baseline (`sio-baseline/server.mjs`), both on the same private NATS
+//! server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use test_support::{ServiceProcess, TestDatabase};
+
+use crate::gateway;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -16,7 +19,7 @@ use tokio::process::{Child, Command};
 pub enum Kind {
     /// `target/release/gateway-socketio`.
     Rust,
-    /// `node node/server.mjs` (socket.io 4.8).
+    /// `node sio-baseline/server.mjs` (socket.io 4.8).
     Node,
 }
 
@@ -98,22 +101,13 @@ impl Server {
             Kind::Rust => start_rust(launch, tuning).await?,
             Kind::Node => start_node(launch, tuning).await?,
         };
-        let client = test_support::http_client();
-        let url = format!("http://{}/readyz", server.addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while test_support::http_status(&client, &url).await != Some(200) {
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{} server not ready in 60 s{}",
-                    kind.name(),
-                    server
-                        .logs()
-                        .map(|l| format!("; logs:\n{l}"))
-                        .unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gateway::wait_ready(
+            &format!("http://{}/readyz", server.addr),
+            Duration::from_secs(60),
+            || server.logs(),
+        )
+        .await
+        .with_context(|| format!("{} server", kind.name()))?;
         Ok(server)
     }
 
@@ -127,14 +121,7 @@ impl Server {
         if self.kind != Kind::Rust {
             return String::new();
         }
-        match test_support::http_client()
-            .get(format!("http://{}/metrics", self.addr))
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        gateway::metrics(&format!("http://{}/metrics", self.addr)).await
     }
 
     /// The gateway's log so far.
@@ -164,13 +151,6 @@ impl Server {
 }
 
 async fn start_rust(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
-    if !launch.gateway_bin.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p gateway-socketio -p sio-load` \
-             or pass --gateway-bin",
-            launch.gateway_bin.display()
-        );
-    }
     let database = TestDatabase::create().await;
     let mut env: Vec<(String, String)> = vec![
         ("GATEWAY_SOCKETIO_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
@@ -204,14 +184,7 @@ async fn start_rust(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
             secs.to_string(),
         ));
     }
-    env.extend(launch.gateway_env.iter().cloned());
-    let bin = launch.gateway_bin.to_string_lossy().into_owned();
-    let service = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        ServiceProcess::spawn(&bin, &[], &env)
-    })
-    .await
-    .context("the gateway did not start (see the panic above)")?;
+    let service = gateway::start(&launch.gateway_bin, env, &launch.gateway_env).await?;
     Ok(Server {
         kind: Kind::Rust,
         pid: service.pid(),

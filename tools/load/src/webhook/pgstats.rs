@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::procfs::PgProcess;
+use super::cpu::PgProcess;
 
 const DB_KEYS: &[&str] = &[
     "xact_commit",
@@ -81,10 +81,10 @@ pub fn delta(before: &Counters, after: &Counters) -> Value {
 }
 
 /// The PostgreSQL processes to account: backends of the test database (the observer's own
-/// connection, named `webhook-load`, separately) and the cluster's background processes.
+/// connection, named `load-webhook`, separately) and the cluster's background processes.
 pub async fn processes(pool: &PgPool) -> Vec<PgProcess> {
     let rows: Vec<(i32, String)> = sqlx::query_as(
-        "SELECT pid, CASE WHEN application_name = 'webhook-load' THEN 'observer' \
+        "SELECT pid, CASE WHEN application_name = 'load-webhook' THEN 'observer' \
                           WHEN backend_type = 'client backend' THEN 'dispatcher connections' \
                           ELSE backend_type END \
          FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL",
@@ -123,7 +123,7 @@ pub async fn sample_activity(
                     COALESCE(wait_event_type || ':' || wait_event, 'CPU') \
              FROM pg_stat_activity \
              WHERE datname = current_database() AND state = 'active' \
-               AND application_name <> 'webhook-load'",
+               AND application_name <> 'load-webhook'",
         )
         .fetch_all(&pool)
         .await

@@ -1,4 +1,4 @@
-// Baseline for `sio-load`: the `/admin` workload of gateway-socketio on npm `socket.io`.
+// Baseline for `load sio`: the `/admin` workload of gateway-socketio on npm `socket.io`.
 //
 // - HS256 JWT in `auth.token` (node:crypto; `exp` required, `nbf` checked), refused with the
 //   same `connect_error` messages as the gateway.
@@ -164,7 +164,7 @@ function relay(data) {
   if (typeof channel === 'string') admin.to(`channel:${channel}`).emit(`${channel}_message`, envelope);
 }
 
-const nc = await connect({ servers: natsUrl, name: 'sio-load-node-baseline' });
+const nc = await connect({ servers: natsUrl, name: 'load-sio-node-baseline' });
 nc.subscribe('events.>', {
   callback: (err, msg) => {
     if (!err) relay(msg.data);

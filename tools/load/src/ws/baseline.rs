@@ -3,8 +3,8 @@
 //! loop pushing one pre-serialised frame as fast as the ring allows. No authentication, no
 //! NATS, no JSON, no subscriptions, no heartbeats, no metrics.
 //!
-//! It runs as a separate process (this binary's hidden `serve-baseline` command, on a default
-//! multi-threaded runtime like the gateway's), so that it competes with the clients for the
+//! It runs as a separate process (this binary's hidden `load ws serve-baseline` command, on a
+//! default multi-threaded runtime like the gateway's), so that it competes with the clients for the
 //! CPUs the way the gateway process does, its CPU time is read like the gateway's, and its
 //! sockets do not count against the clients' open-file limit. It is driven over stdin/stdout:
 //! `broadcast <n>` (answered `sent` once the last frame is in the ring) and `stats`
@@ -64,7 +64,7 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    /// Starts `serve-baseline` with a ring of `queue` frames; each connection first receives
+    /// Starts `load ws serve-baseline` with a ring of `queue` frames; each connection first receives
     /// `connected`, then `frame` once per broadcast.
     pub async fn spawn(
         queue: usize,
@@ -76,7 +76,7 @@ impl Baseline {
             .map(|v| v.get_name().to_owned())
             .unwrap_or_default();
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve-baseline", "--queue", &queue.to_string()])
+            .args(["ws", "serve-baseline", "--queue", &queue.to_string()])
             .args(["--baseline-loop", &kind_name, "--connected", connected])
             .args(["--frame", frame])
             .stdin(Stdio::piped())

@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::json;
 use test_support::{NatsServer, ServiceProcess};
 
+use crate::gateway;
+
 /// Signing secret of the test session cookie.
-const SECRET: &str = "ws-load secret";
+const SECRET: &str = "load ws secret";
 
 /// How the gateway is started.
 #[derive(Debug, Clone)]
@@ -39,10 +41,8 @@ pub struct Stack {
 
 impl Stack {
     /// Starts everything and waits until the gateway's `/readyz` answers 200.
-    pub async fn start(options: &GatewayOptions) -> Self {
-        let nats = tokio::task::spawn_blocking(NatsServer::start)
-            .await
-            .unwrap();
+    pub async fn start(options: &GatewayOptions) -> anyhow::Result<Self> {
+        let nats = tokio::task::spawn_blocking(NatsServer::start).await?;
 
         let sid = format!(
             "wsload{:x}{:x}",
@@ -53,7 +53,7 @@ impl Stack {
                 .unwrap_or(0)
         );
         let session_key = format!("sess:{sid}");
-        let mut redis = redis_connection(&options.redis_url).await;
+        let mut redis = redis_connection(&options.redis_url).await?;
         // connect-redis: SET sess:<sid> <json> EX <ttl>
         let sess = json!({"cookie": {"originalMaxAge": 86_400_000, "httpOnly": true, "path": "/"},
                           "passport": {"user": "load-user"}});
@@ -64,7 +64,7 @@ impl Stack {
             .arg(86_400)
             .query_async(&mut redis)
             .await
-            .unwrap_or_else(|e| panic!("redis at {}: {e}", options.redis_url));
+            .with_context(|| format!("redis at {}", options.redis_url))?;
         let signed = gateway_ws::cookie::sign(&sid, SECRET.as_bytes());
         let cookie = format!(
             "connect.sid={}",
@@ -75,7 +75,7 @@ impl Stack {
         );
 
         let cap = (options.connections + 1000).to_string();
-        let env: Vec<(&str, String)> = vec![
+        let env: Vec<(String, String)> = [
             ("GATEWAY_WS_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
             ("GATEWAY_WS_NATS__URL", nats.url()),
             ("GATEWAY_WS_LOG__FORMAT", "json".to_owned()),
@@ -88,40 +88,18 @@ impl Stack {
                 "GATEWAY_WS_LIMITS__OUTBOUND_QUEUE",
                 options.outbound_queue.to_string(),
             ),
-        ];
-        let bin = options.bin.to_string_lossy().into_owned();
-        assert!(
-            options.bin.exists(),
-            "{bin} not found: build it with `cargo build --release -p gateway-ws -p ws-load` \
-             or pass --gateway-bin"
-        );
-        let extra = options.extra_env.clone();
-        let gateway = tokio::task::spawn_blocking(move || {
-            let mut env: Vec<(&str, String)> = env;
-            env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
-            ServiceProcess::spawn(&bin, &[], &env)
-        })
-        .await
-        .unwrap();
-        let stack = Self {
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let gateway = gateway::start(&options.bin, env, &options.extra_env).await?;
+        Ok(Self {
             nats,
             gateway,
             redis_url: options.redis_url.clone(),
             session_key,
             cookie,
-        };
-        let client = test_support::http_client();
-        let url = stack.gateway.url("/readyz");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while test_support::http_status(&client, &url).await != Some(200) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway not ready in 30 s; logs:\n{}",
-                stack.gateway.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stack
+        })
     }
 
     /// The gateway's process id.
@@ -139,21 +117,21 @@ impl Stack {
         self.nats.url()
     }
 
+    /// `http://<addr>/metrics` of the gateway.
+    pub fn metrics_url(&self) -> String {
+        self.gateway.url("/metrics")
+    }
+
     /// The gateway's Prometheus text.
     pub async fn metrics(&self) -> String {
-        match test_support::http_client()
-            .get(self.gateway.url("/metrics"))
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        gateway::metrics(&self.metrics_url()).await
     }
 
     /// Removes the session from Redis (the processes stop when the stack is dropped).
     pub async fn remove_session(&self) {
-        let mut redis = redis_connection(&self.redis_url).await;
+        let Ok(mut redis) = redis_connection(&self.redis_url).await else {
+            return;
+        };
         let _: Result<(), _> = redis::cmd("DEL")
             .arg(&self.session_key)
             .query_async(&mut redis)
@@ -161,10 +139,10 @@ impl Stack {
     }
 }
 
-async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     redis::Client::open(url)
-        .unwrap_or_else(|e| panic!("redis url {url}: {e}"))
+        .with_context(|| format!("redis url {url}"))?
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("redis at {url}: {e} (is it running?)"))
+        .with_context(|| format!("redis at {url} (is it running?)"))
 }

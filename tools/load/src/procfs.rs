@@ -1,5 +1,7 @@
-//! What `/proc` says about a process: resident memory and CPU time, for the load tools.
+//! What `/proc` says about processes and the machine: resident memory, CPU time, open-file
+//! limits. Every figure of every surface is read through here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
@@ -33,7 +35,7 @@ pub fn smaps_rollup(pid: u32) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The parts of a `/proc/.../stat` line this tool uses.
+/// The parts of a `/proc/.../stat` line the tool uses.
 struct Stat {
     comm: String,
     ppid: u32,
@@ -58,19 +60,53 @@ fn stat(path: &str) -> Option<Stat> {
     })
 }
 
-/// User + system CPU time the process has used so far.
+/// User + system CPU time the process has used so far (its exited threads included).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     stat(&format!("/proc/{pid}/stat")).map(|s| s.cpu)
 }
 
+/// CPU time this process has used so far.
+pub fn own_cpu_time() -> Duration {
+    cpu_time(std::process::id()).unwrap_or_default()
+}
+
+/// CPU time of this process's live threads, summed by thread name.
+pub fn own_threads_cpu() -> BTreeMap<String, Duration> {
+    let mut threads = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for entry in dir.flatten() {
+        if let Some(s) = stat(&format!("{}/stat", entry.path().display())) {
+            *threads.entry(s.comm).or_default() += s.cpu;
+        }
+    }
+    threads
+}
+
+/// Child processes of this one whose command name passes `wanted`.
+fn children(wanted: impl Fn(&str) -> bool) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let s = stat(&format!("/proc/{pid}/stat"))?;
+            (s.ppid == me && wanted(&s.comm)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Child processes of this one whose command name starts with `prefix`.
+pub fn children_named(prefix: &str) -> Vec<u32> {
+    children(|comm| comm.starts_with(prefix))
+}
+
 /// A child process of this one whose command name is `name`.
 pub fn child_named(name: &str) -> Option<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let s = stat(&format!("/proc/{pid}/stat"))?;
-        (s.ppid == me && s.comm == name).then_some(pid)
-    })
+    children(|comm| comm == name).into_iter().next()
 }
 
 /// Busy and total CPU time of the whole machine so far (`/proc/stat`, all CPUs summed); busy
@@ -127,50 +163,51 @@ pub async fn wait_quiet(threshold: f64, limit: Duration) -> bool {
     }
 }
 
-/// The soft limit on open files of this process (`/proc/self/limits`).
-pub fn open_files_soft_limit() -> Option<u64> {
+/// `(soft, hard)` limits on open files of this process (`/proc/self/limits`); `u64::MAX` is
+/// unlimited.
+fn open_files_limits() -> Option<(u64, u64)> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    let mut fields = line.split_whitespace().skip(3);
+    let value = |f: Option<&str>| match f? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    };
+    let soft = value(fields.next())?;
+    Some((soft, value(fields.next())?))
 }
 
-/// Raises this process's soft limit on open files to at least `wanted` (up to the hard limit)
-/// with `prlimit(1)`, as the tool forbids `unsafe` (no direct `setrlimit`). Best effort.
-pub fn raise_open_files(wanted: u64) {
-    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
-        return;
-    };
-    let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) else {
-        return;
-    };
-    let mut fields = line.split_whitespace().skip(3);
-    let (Some(soft), Some(hard)) = (fields.next(), fields.next()) else {
-        return;
-    };
-    let soft: u64 = soft.parse().unwrap_or(0);
-    let hard: u64 = if hard == "unlimited" {
-        u64::MAX
-    } else {
-        hard.parse().unwrap_or(0)
-    };
-    if soft >= wanted || soft >= hard {
-        return;
+/// Makes room for `connections` client sockets: raises the soft limit on open files up to the
+/// hard limit (with `prlimit(1)`, as the tool forbids `unsafe`, so no direct `setrlimit`), then
+/// warns when it is still too low. Best effort.
+pub fn make_room_for(connections: usize) {
+    let wanted = connections as u64 + 1000;
+    if let Some((soft, hard)) = open_files_limits()
+        && soft < wanted
+        && soft < hard
+    {
+        let target = wanted.max(65_536).min(hard);
+        let hard = if hard == u64::MAX {
+            "unlimited".to_owned()
+        } else {
+            hard.to_string()
+        };
+        let _ = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={target}:{hard}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
-    let target = wanted.max(65_536).min(hard);
-    let _ = std::process::Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!(
-            "--nofile={target}:{}",
-            if hard == u64::MAX {
-                "unlimited".to_owned()
-            } else {
-                hard.to_string()
-            }
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    if let Some((limit, _)) = open_files_limits()
+        && (limit as usize) < connections + 200
+    {
+        eprintln!(
+            "warning: `ulimit -n` is {limit}; {connections} client connections need more \
+             (run `ulimit -n {wanted}` first)"
+        );
+    }
 }
 
 /// Polls RSS once a second until three consecutive readings agree within 0.5 % (or `limit`
@@ -216,7 +253,7 @@ pub fn machine() -> serde_json::Value {
         })
         .unwrap_or(0);
     serde_json::json!({
-        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpus": cores(),
         "cpu_model": cpu,
         "mem_bytes": mem_kib * 1024,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -225,10 +262,9 @@ pub fn machine() -> serde_json::Value {
     })
 }
 
-/// A byte count as whole KiB, `-` when absent.
-pub fn kib(v: &serde_json::Value) -> String {
-    v.as_u64()
-        .map_or_else(|| "-".to_owned(), |b| format!("{} KiB", b / 1024))
+/// CPUs this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 #[cfg(test)]
@@ -241,10 +277,11 @@ mod tests {
         assert!(rss_bytes(pid).unwrap() > 0);
         assert!(status_field(pid, "Threads").unwrap() >= 1);
         assert!(cpu_time(pid).is_some());
+        assert!(!own_threads_cpu().is_empty());
         assert!(child_named("no-such-child").is_none());
         let (busy, total) = machine_cpu();
         assert!(busy <= total && total > Duration::ZERO);
-        assert!(open_files_soft_limit().unwrap() > 0);
+        assert!(open_files_limits().unwrap().0 > 0);
         assert!(smaps_rollup(pid).iter().any(|(k, _)| k == "Rss"));
     }
 }

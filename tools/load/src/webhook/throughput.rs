@@ -1,0 +1,233 @@
+//! `load webhook throughput`: deliveries completed per second for a burst of events.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::observe::Window;
+use super::stack::{Stack, StackOptions};
+use super::{
+    THROUGHPUT_TARGET, calibrate, config_json, config_line, envelope, on_own_thread, secs_since,
+    subject,
+};
+use crate::output::Out;
+use crate::stats::median_by;
+
+/// Runs `runs` measurements, each on a fresh stack, and reports each and their medians.
+pub async fn throughput(
+    options: &StackOptions,
+    events: usize,
+    runs: usize,
+    timeout: Duration,
+    out: Out,
+) -> Value {
+    out.line(format!(
+        "throughput: {events} events x {} subscription(s) = {} deliveries, {runs} run(s)",
+        options.subscriptions,
+        events * options.subscriptions
+    ));
+    out.line(config_line(options));
+    let mut results = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        out.line(format!("-- run {run}/{runs}"));
+        results.push(throughput_run(options, events, timeout, out).await);
+    }
+    let median = |key: &str| {
+        let values: Vec<f64> = results.iter().filter_map(|r| r[key].as_f64()).collect();
+        median_by(&values, |v| *v)
+    };
+    let rate = median("deliveries_per_sec");
+    let receiver_rate = median("receiver_per_sec");
+    let ok = results.iter().all(|r| r["verified"] == json!(true));
+    let verdict = rate.is_some_and(|r| r >= THROUGHPUT_TARGET);
+    out.line(format!(
+        "median of {runs}: {:.0} deliveries/s completed and recorded (target >= {THROUGHPUT_TARGET:.0}: {}), receiver {:.0} req/s; every run verified: {ok}",
+        rate.unwrap_or(f64::NAN),
+        if verdict { "met" } else { "MISSED" },
+        receiver_rate.unwrap_or(f64::NAN),
+    ));
+    json!({
+        "scenario": "throughput",
+        "events": events,
+        "deliveries": events * options.subscriptions,
+        "config": config_json(options),
+        "runs": results,
+        "median_deliveries_per_sec": rate,
+        "median_receiver_per_sec": receiver_rate,
+        "target_deliveries_per_sec": THROUGHPUT_TARGET,
+        "target_met": verdict,
+        "all_verified": ok,
+    })
+}
+
+#[derive(Debug)]
+struct BurstTimes {
+    started: Instant,
+    sent: Instant,
+    acked: Instant,
+    failed: usize,
+}
+
+/// Publishes every payload through JetStream without waiting for each acknowledgement; a
+/// separate task awaits the acknowledgements (the client holds at most 5,000 unacknowledged).
+async fn publish_burst(url: String, payloads: Vec<(HeaderMap, Vec<u8>)>) -> BurstTimes {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let subject = subject();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(async move {
+        let mut failed = 0;
+        while let Some(ack) = rx.recv().await {
+            let ack: async_nats::jetstream::context::PublishAckFuture = ack;
+            if ack.await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    });
+    let started = Instant::now();
+    let mut failed = 0;
+    for (headers, payload) in payloads {
+        match js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+        {
+            Ok(ack) => {
+                let _ = tx.send(ack);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let sent = Instant::now();
+    drop(tx);
+    failed += acker.await.unwrap_or(0);
+    let acked = Instant::now();
+    let _ = client.flush().await;
+    BurstTimes {
+        started,
+        sent,
+        acked,
+        failed,
+    }
+}
+
+async fn throughput_run(
+    options: &StackOptions,
+    events: usize,
+    timeout: Duration,
+    out: Out,
+) -> Value {
+    let expected = events * options.subscriptions;
+    let calibration = calibrate();
+    let stack = Stack::start(options).await;
+    let payloads: Vec<(HeaderMap, Vec<u8>)> = (0..events)
+        .map(|i| {
+            let e = envelope(i);
+            (events::publisher::publish_headers(&e), e.encode())
+        })
+        .collect();
+
+    let window = Window::open(&stack, options, calibration).await;
+    let url = stack.nats.url();
+    let publisher = tokio::spawn(on_own_thread("publisher", move || {
+        publish_burst(url, payloads)
+    }));
+
+    let deadline = Instant::now() + timeout;
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut outbox_full = None;
+    let mut done = None;
+    let mut last: (i64, i64);
+    loop {
+        ticker.tick().await;
+        let (succeeded, all) = stack.delivery_counts().await;
+        let now = Instant::now();
+        last = (succeeded, all);
+        if outbox_full.is_none() && all as usize >= expected {
+            outbox_full = Some(now);
+        }
+        if succeeded as usize >= expected {
+            done = Some(now);
+            break;
+        }
+        if now > deadline {
+            break;
+        }
+    }
+    let ended = window.end(&stack, options, out).await;
+    let burst = publisher.await.unwrap();
+    let hits = stack.receiver.hits();
+    let attempts = stack.attempt_count().await;
+    let statuses = stack.status_counts().await;
+    let observed = ended.close(stack).await;
+
+    let first = hits.iter().map(|h| h.at).min();
+    let last_hit = hits.iter().map(|h| h.at).max();
+    let distinct: std::collections::HashSet<Uuid> = hits.iter().map(|h| h.id).collect();
+    let t0 = burst.started;
+    let rel = |t: Option<Instant>| t.map(|t| secs_since(t, t0));
+    let window = match (first, done) {
+        (Some(f), Some(d)) => Some(secs_since(d, f)),
+        _ => None,
+    };
+    let rate = window.map(|w| expected as f64 / w);
+    let receiver_span = match (first, last_hit) {
+        (Some(f), Some(l)) => secs_since(l, f),
+        _ => 0.0,
+    };
+    let receiver_rate =
+        (hits.len() > 1 && receiver_span > 0.0).then(|| (hits.len() - 1) as f64 / receiver_span);
+    let verified = done.is_some()
+        && attempts == expected as i64
+        && hits.len() == expected
+        && distinct.len() == events
+        && burst.failed == 0;
+
+    out.line(format!(
+        "publish: {events} events sent in {:.2} s ({:.0}/s), all acknowledged after {:.2} s, {} failed",
+        secs_since(burst.sent, t0),
+        events as f64 / secs_since(burst.sent, t0).max(1e-9),
+        secs_since(burst.acked, t0),
+        burst.failed
+    ));
+    out.line(format!(
+        "first delivery at +{:.2} s; outbox complete (all {expected} deliveries inserted) at +{}; all succeeded at +{}",
+        rel(first).unwrap_or(f64::NAN),
+        rel(outbox_full).map_or_else(|| "never".to_owned(), |s| format!("{s:.2} s")),
+        rel(done).map_or_else(|| format!("never (last poll: {} of {} succeeded)", last.0, last.1), |s| format!("{s:.2} s")),
+    ));
+    out.line(format!(
+        "=> {:.0} deliveries/s completed and recorded ({expected} in {:.2} s from the first delivery); receiver {:.0} req/s ({} requests, {} distinct webhook-ids)",
+        rate.unwrap_or(f64::NAN),
+        window.unwrap_or(f64::NAN),
+        receiver_rate.unwrap_or(f64::NAN),
+        hits.len(),
+        distinct.len(),
+    ));
+    out.line(format!(
+        "webhook_attempts rows: {attempts} (expected {expected}); deliveries by status: {statuses}; verified: {verified}"
+    ));
+    observed.lines(expected, out);
+
+    let mut report = json!({
+        "deliveries": expected,
+        "deliveries_per_sec": rate,
+        "receiver_per_sec": receiver_rate,
+        "window_secs": window,
+        "publish_sent_secs": secs_since(burst.sent, t0),
+        "publish_acked_secs": secs_since(burst.acked, t0),
+        "publish_failed": burst.failed,
+        "first_delivery_secs": rel(first),
+        "outbox_complete_secs": rel(outbox_full),
+        "all_succeeded_secs": rel(done),
+        "receiver_requests": hits.len(),
+        "receiver_distinct_ids": distinct.len(),
+        "attempt_rows": attempts,
+        "statuses": statuses,
+        "verified": verified,
+    });
+    observed.add_to(&mut report, expected);
+    report
+}
