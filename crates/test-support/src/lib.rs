@@ -5,10 +5,15 @@
 //!   same port to test reconnects.
 //! - [`ServiceProcess`]: a service binary started as a real process, whose listening address is
 //!   read from its JSON log.
+//! - [`InProcess`]: a service's own `prepare` and `run` inside the test process, ready when
+//!   started, stopped when dropped: the one in-process starter of every service's tests.
 //! - [`eventually`] and [`http_client`]: waiting on conditions instead of sleeping.
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
+mod in_process;
 pub mod lifecycle;
+
+pub use in_process::InProcess;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

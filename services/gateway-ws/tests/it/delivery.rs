@@ -13,7 +13,7 @@ use crate::harness::*;
 async fn pg_session_cookie_connects_and_order_updates_arrive_in_the_seed_shape() {
     let nats = NatsServer::start();
     let (db, pool) = pg_sessions().await;
-    let gw = pg_gateway(&nats, &db, &[]).await;
+    let mut gw = pg_gateway(&nats, &db, &[]).await;
     let sid = random_sid();
     put_pg_session(&pool, &sid, session_json(json!(1)), 3600).await;
 
@@ -59,7 +59,7 @@ async fn pg_session_cookie_connects_and_order_updates_arrive_in_the_seed_shape()
     ping(&mut client).await;
     gw.shutdown.cancel();
     assert_eq!(expect_close(&mut client).await.0, 1001);
-    gw.task.await.unwrap().unwrap();
+    (&mut gw.task).await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -5,24 +5,31 @@ use events::{Envelope, EventType, Publisher};
 use futures_util::{SinkExt, StreamExt};
 use gateway_ws::cookie::sign;
 use serde_json::{Value, json};
-use service_runtime::ConfigSource;
-use test_support::{NatsServer, TestDatabase, WAIT, eventually, http_client, http_status};
-use tokio::net::{TcpListener, TcpStream};
+use test_support::{InProcess, NatsServer, TestDatabase, WAIT};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
 pub(crate) const SECRET: &str = "keyboard cat";
 
 pub(crate) type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A gateway running in this process.
-pub(crate) struct Gateway {
-    pub(crate) addr: std::net::SocketAddr,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) task: tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>,
+/// A gateway running in this process (see [`InProcess`]: `addr`, `shutdown`, `task`).
+pub(crate) struct Gateway(InProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut InProcess {
+        &mut self.0
+    }
 }
 
 impl Gateway {
@@ -40,29 +47,7 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| (format!("GATEWAY_WS_{k}"), v.clone())),
         );
-        let settings = gateway_ws::SPEC
-            .load::<gateway_ws::Config>(&ConfigSource { file: None, env })
-            .expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway_ws::prepare_and_run(
-            settings,
-            listener,
-            shutdown.clone(),
-        ));
-        let gateway = Self {
-            addr,
-            shutdown,
-            task,
-        };
-        let client = http_client();
-        let url = format!("http://{addr}/readyz");
-        eventually("gateway ready", || async {
-            (http_status(&client, &url).await == Some(200)).then_some(())
-        })
-        .await;
-        gateway
+        Self(InProcess::start(&gateway_ws::SPEC, env, gateway_ws::prepare, gateway_ws::run).await)
     }
 
     pub(crate) async fn connect(&self, cookie: Option<&str>) -> Client {
@@ -88,17 +73,6 @@ impl Gateway {
             request.headers_mut().append(name, value.parse().unwrap());
         }
         tokio_tungstenite::connect_async(request).await.unwrap().0
-    }
-
-    pub(crate) async fn metrics(&self) -> String {
-        http_client()
-            .get(format!("http://{}/metrics", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
     }
 }
 

@@ -14,10 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::{Envelope, EventType, Publisher};
 use serde_json::{Value, json};
-use service_runtime::ConfigSource;
-use test_support::{NatsServer, TestDatabase, eventually, http_client, http_status};
+use test_support::{InProcess, NatsServer, TestDatabase, eventually, http_client, http_status};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 
@@ -165,37 +163,27 @@ pub fn dispatcher_env(
     env
 }
 
-/// A dispatcher running in this process.
-pub struct Dispatcher {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>,
+/// A dispatcher running in this process (see [`InProcess`]: `addr`, `shutdown`, `task`).
+pub struct Dispatcher(InProcess);
+
+impl std::ops::Deref for Dispatcher {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
+    }
 }
 
 impl Dispatcher {
     pub async fn start(nats: &NatsServer, db: &TestDatabase, extra: &[(&str, &str)]) -> Self {
-        let settings = webhook_dispatcher::SPEC
-            .load::<webhook_dispatcher::Config>(&ConfigSource {
-                file: None,
-                env: dispatcher_env(nats, db, extra),
-            })
-            .expect("valid test config");
-        let prepared = webhook_dispatcher::prepare(&settings).expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(webhook_dispatcher::run(
-            settings,
-            prepared,
-            listener,
-            shutdown.clone(),
-        ));
-        wait_ready(addr).await;
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
+        Self(
+            InProcess::start(
+                &webhook_dispatcher::SPEC,
+                dispatcher_env(nats, db, extra),
+                webhook_dispatcher::prepare,
+                webhook_dispatcher::run,
+            )
+            .await,
+        )
     }
 
     pub fn api(&self) -> Api {
@@ -206,15 +194,7 @@ impl Dispatcher {
 
     /// The value of a metric series on `/metrics` (see [`test_support::metric`]).
     pub async fn metric(&self, name: &str, label: &str) -> f64 {
-        let text = http_client()
-            .get(format!("http://{}/metrics", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        test_support::metric(&text, name, label)
+        test_support::metric(&self.metrics().await, name, label)
     }
 }
 

@@ -15,13 +15,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use events::{Envelope, EventType, Publisher};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value, json};
-use service_runtime::ConfigSource;
-use test_support::{NatsServer, TestDatabase, WAIT, eventually, http_client, http_status};
+use test_support::{InProcess, NatsServer, TestDatabase, WAIT, http_client};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
 
 mod scenario;
 
@@ -39,10 +37,19 @@ pub const PREFIX: &str = "GATEWAY_SOCKETIO_";
 // ---------------------------------------------------------------------------------------------
 
 /// A gateway running in this process; cancelled when dropped.
-pub struct Gateway {
-    pub addr: std::net::SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>,
+pub struct Gateway(InProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = InProcess;
+    fn deref(&self) -> &InProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut InProcess {
+        &mut self.0
+    }
 }
 
 impl Gateway {
@@ -65,38 +72,15 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())),
         );
-        let settings = gateway_socketio::SPEC
-            .load::<gateway_socketio::Config>(&ConfigSource { file: None, env })
-            .expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway_socketio::prepare_and_run(
-            settings,
-            listener,
-            shutdown.clone(),
-        ));
-        let gateway = Self {
-            addr,
-            shutdown,
-            task,
-        };
-        let client = http_client();
-        let url = gateway.url("/readyz");
-        eventually("gateway ready", || async {
-            assert!(
-                !gateway.task.is_finished(),
-                "the gateway stopped while starting"
-            );
-            (http_status(&client, &url).await == Some(200)).then_some(())
-        })
-        .await;
-        gateway
-    }
-
-    /// `http://<addr><path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        Self(
+            InProcess::start(
+                &gateway_socketio::SPEC,
+                env,
+                gateway_socketio::prepare,
+                gateway_socketio::run,
+            )
+            .await,
+        )
     }
 
     /// Creates a widget key through the operator API; returns the key.
@@ -111,12 +95,6 @@ impl Gateway {
         assert_eq!(response.status().as_u16(), 201, "creating a widget key");
         let body: Value = response.json().await.unwrap();
         body["key"].as_str().expect("a key in the reply").to_owned()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
