@@ -43,8 +43,8 @@ pub fn current_traceparent() -> String {
     ))
 }
 
-/// Parses a `traceparent` value (version 00). Returns `None` for anything malformed or for the
-/// all-zero ids the spec declares invalid.
+/// Parses a `traceparent` value (version 00). Returns `None` for anything malformed (the spec
+/// allows lowercase hex digits only) or for the all-zero ids the spec declares invalid.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) =
@@ -54,6 +54,9 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
         || trace.len() != 32
         || span.len() != 16
         || flags.len() != 2
+        || ![trace, span, flags]
+            .iter()
+            .all(|p| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
     {
         return None;
     }
@@ -108,6 +111,11 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-xyz-00f067aa0ba902b7-01",
+            // Uppercase hex and a sign are not the spec's lowercase hex.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
