@@ -81,16 +81,6 @@ pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
     })
 }
 
-/// [`prepare`], then [`run`]: for tests and embedders that hold a listener already.
-pub async fn prepare_and_run(
-    settings: Settings<Config>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    let prepared = prepare(&settings)?;
-    run(settings, prepared, listener, shutdown).await
-}
-
 /// Runs the gateway until `shutdown` is cancelled; then turns not-ready, disconnects every
 /// socket (clients reconnect elsewhere) and returns within the grace period.
 pub async fn run(

@@ -131,16 +131,6 @@ pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
     })
 }
 
-/// [`prepare`], then [`run`]: for tests and embedders that hold a listener already.
-pub async fn prepare_and_run(
-    settings: Settings<Config>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    let prepared = prepare(&settings)?;
-    run(settings, prepared, listener, shutdown).await
-}
-
 /// Runs the gateway until `shutdown`, then closes every connection with 1001 within the
 /// grace period.
 pub async fn run(

@@ -22,8 +22,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use self::http::{AttemptError, Response, classify, parse_retry_after};
-pub use self::http::{HttpClientError, http_client, literal_ip};
+use self::http::{AttemptError, Response, classify};
+pub use self::http::{HttpClientError, http_client, literal_ip, parse_retry_after};
 use crate::config::DeliveryConfig;
 use crate::signing::{SigningKey, sign};
 use crate::ssrf::AddressPolicy;

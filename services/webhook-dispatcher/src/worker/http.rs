@@ -105,8 +105,9 @@ pub(super) fn classify(err: &reqwest::Error) -> AttemptError {
     ))
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub(super) fn parse_retry_after(value: &str) -> Option<Duration> {
+/// `Retry-After` as seconds or an HTTP date (a date in the past is zero). `None` for anything
+/// else; never panics, whatever the receiver sent.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

@@ -16,7 +16,7 @@ use webhook_dispatcher::api::auth::Authenticator;
 use webhook_dispatcher::config::ApiConfig;
 use webhook_dispatcher::pattern::{Pattern, any_matches};
 use webhook_dispatcher::signing::{SigningKey, generate_secret, sign, verify_seed_header};
-use webhook_dispatcher::worker::literal_ip;
+use webhook_dispatcher::worker::{literal_ip, parse_retry_after};
 
 /// Text that stresses parsers: any unicode, text made of the characters these parsers split
 /// on (`.`, `*`, `,`, `=`), and long runs of them.
@@ -293,5 +293,36 @@ proptest! {
         let u6 = reqwest::Url::parse(&format!("https://[{ip6}]/hook")).unwrap();
         // The URL parser may rewrite an IPv4-mapped form; the address it names is the same.
         prop_assert_eq!(literal_ip(&u6), Some(std::net::IpAddr::V6(ip6)));
+    }
+}
+
+proptest! {
+    /// A receiver's `Retry-After` is outside input: any text is either understood or `None`.
+    #[test]
+    fn retry_after_never_panics(value in prop_oneof![
+        any::<String>(),
+        "[0-9]{1,40}",
+        "[ -~]{0,64}",
+        "(Mon|Tue|Wed), [0-9]{1,2} (Jan|Oct|Dec) [0-9]{1,6} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|UT|[+-][0-9]{4})",
+    ]) {
+        let _ = parse_retry_after(&value);
+    }
+
+    #[test]
+    fn retry_after_seconds_are_taken_as_given(secs in any::<u64>(), pad in " {0,3}") {
+        prop_assert_eq!(
+            parse_retry_after(&format!("{pad}{secs}{pad}")),
+            Some(std::time::Duration::from_secs(secs))
+        );
+    }
+
+    #[test]
+    fn retry_after_dates_in_the_past_mean_now(
+        day in 1u8..=28, year in 1990u16..2020, hour in 0u8..24,
+    ) {
+        let value = format!("Mon, {day:02} Oct {year} {hour:02}:00:00 GMT");
+        // The weekday may not match the date; both readings are fine, neither panics.
+        let parsed = parse_retry_after(&value);
+        prop_assert!(parsed.is_none() || parsed == Some(std::time::Duration::ZERO), "{value}: {parsed:?}");
     }
 }
