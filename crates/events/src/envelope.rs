@@ -193,12 +193,14 @@ pub mod timestamp {
         serializer.serialize_str(&format(*at))
     }
 
-    /// Serde deserialiser: any RFC 3339 date-time.
+    /// Serde deserialiser: any RFC 3339 date-time, truncated to milliseconds (the precision
+    /// every surface shows), so that decoding what was encoded gives back the same value.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<OffsetDateTime, D::Error> {
         let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        OffsetDateTime::parse(&raw, &Rfc3339).map_err(serde::de::Error::custom)
+        let at = OffsetDateTime::parse(&raw, &Rfc3339).map_err(serde::de::Error::custom)?;
+        Ok(at.replace_millisecond(at.millisecond()).unwrap_or(at))
     }
 }
 
@@ -356,5 +358,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(timestamp::format(at), "2026-01-25T10:30:00.500Z");
+    }
+
+    /// Found by fuzz/fuzz_targets/envelope.rs: sub-millisecond digits used to be kept on
+    /// decode and dropped on encode, so an envelope did not survive decode → encode → decode.
+    #[test]
+    fn sub_millisecond_timestamps_are_truncated_on_decode() {
+        let raw = br#"{"id":"0193a4c2-7b1e-7cc0-9a52-1f2e3d4c5b6a","type":"order.status_changed","occurred_at":"2026-01-25T10:30:00.0019Z","entity":{"domain":"order","id":"101"},"data":{}}"#;
+        let envelope = Envelope::decode(raw).unwrap();
+        assert_eq!(envelope.occurred_at.nanosecond(), 1_000_000);
+        assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
     }
 }
