@@ -201,6 +201,9 @@ pub struct ServiceContext {
     pub db: Option<PgPool>,
     /// Checks behind `/readyz`; add the service's own before [`Self::serve`].
     pub readiness: Readiness,
+    /// Set once the service's migrations have run (at once without a database or migrator):
+    /// work that needs the schema waits for it.
+    pub migrated: ReadyFlag,
     /// Cancelled when the service must stop.
     pub shutdown: CancellationToken,
     grace: Duration,
@@ -248,12 +251,15 @@ impl ServiceContext {
             });
         }
 
+        let migrated = ReadyFlag::default();
         let db = if common.database.url.is_empty() {
+            migrated.set();
             None
         } else {
             Some(start_database(
                 &common.database,
                 migrator,
+                &migrated,
                 &shutdown,
                 &mut readiness,
             )?)
@@ -265,6 +271,7 @@ impl ServiceContext {
             jetstream,
             db,
             readiness,
+            migrated,
             shutdown,
             grace: common.grace(),
         })
@@ -292,10 +299,11 @@ impl ServiceContext {
 fn start_database(
     config: &config::DatabaseConfig,
     migrator: Option<&'static Migrator>,
+    migrated: &ReadyFlag,
     shutdown: &CancellationToken,
     readiness: &mut Readiness,
 ) -> Result<PgPool, ConfigError> {
-    let migrated = ReadyFlag::default();
+    let migrated = migrated.clone();
     let pool = db::lazy_pool(config)?;
     match migrator {
         Some(migrator) => {

@@ -23,24 +23,46 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// A readiness condition set by the work it waits for; see [`Readiness::flag`].
+/// A readiness condition set by the work it waits for; see [`Readiness::flag`]. Other tasks
+/// can also [`wait`](Self::wait) for it (start consuming once migrations have run).
 #[derive(Debug, Clone, Default)]
-pub struct ReadyFlag(Arc<AtomicBool>);
+pub struct ReadyFlag(Arc<FlagState>);
+
+#[derive(Debug, Default)]
+struct FlagState {
+    set: AtomicBool,
+    changed: tokio::sync::Notify,
+}
 
 impl ReadyFlag {
     /// The condition holds (again).
     pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.set.store(true, Ordering::Release);
+        self.0.changed.notify_waiters();
     }
 
     /// The condition no longer holds.
     pub fn clear(&self) {
-        self.0.store(false, Ordering::Release);
+        self.0.set.store(false, Ordering::Release);
     }
 
     /// Whether the condition holds.
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.set.load(Ordering::Acquire)
+    }
+
+    /// Returns once the condition holds.
+    pub async fn wait(&self) {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a `set` between the two is not missed.
+            changed.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -257,5 +279,22 @@ mod tests {
         )
         .unwrap();
         assert!(text.contains("ops_test_total 3"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_ready_flag_wakes_its_waiters() {
+        let flag = ReadyFlag::default();
+        let waiter = tokio::spawn({
+            let flag = flag.clone();
+            async move { flag.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        flag.set();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        flag.wait().await; // already set: returns at once
     }
 }

@@ -90,29 +90,39 @@ pub async fn run(
     let work_ready = Arc::new(Notify::new());
 
     let consuming = ctx.readiness.flag("intake", "consumer not created yet");
-    let intake = tokio::spawn(intake::run(
-        ctx.jetstream.clone(),
-        store.clone(),
-        Arc::clone(&patterns),
-        service.intake.consumer.clone(),
-        service.intake.batch,
-        Duration::from_secs(service.intake.ack_wait_secs),
-        Arc::clone(&work_ready),
-        consuming,
-        shutdown.clone(),
-    ));
+    // Intake, workers and maintenance read the schema: they start once migrations have run
+    // (a fresh database would otherwise log "relation does not exist" until then).
+    let intake = after_migrations(
+        &ctx.migrated,
+        &shutdown,
+        intake::run(
+            ctx.jetstream.clone(),
+            store.clone(),
+            Arc::clone(&patterns),
+            service.intake.consumer.clone(),
+            service.intake.batch,
+            Duration::from_secs(service.intake.ack_wait_secs),
+            Arc::clone(&work_ready),
+            consuming,
+            shutdown.clone(),
+        ),
+    );
     let dispatcher = Arc::new(worker::Dispatcher::new(
         store.clone(),
         http,
         service.delivery.clone(),
         Arc::clone(&policy),
     ));
-    let workers = tokio::spawn(dispatcher.run(Arc::clone(&work_ready), shutdown.clone()));
-    tokio::spawn(maintenance(
-        store.clone(),
-        service.retention.clone(),
-        shutdown.clone(),
-    ));
+    let workers = after_migrations(
+        &ctx.migrated,
+        &shutdown,
+        dispatcher.run(Arc::clone(&work_ready), shutdown.clone()),
+    );
+    after_migrations(
+        &ctx.migrated,
+        &shutdown,
+        maintenance(store.clone(), service.retention.clone(), shutdown.clone()),
+    );
 
     let state = api::ApiState {
         store,
@@ -133,6 +143,24 @@ pub async fn run(
         tracing::warn!("grace period elapsed with attempts in flight; their leases will expire");
     }
     Ok(())
+}
+
+/// Spawns `work` once `migrated` is set; never, if `shutdown` comes first.
+fn after_migrations<F>(
+    migrated: &service_runtime::ReadyFlag,
+    shutdown: &CancellationToken,
+    work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (migrated, shutdown) = (migrated.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = migrated.wait() => work.await,
+            () = shutdown.cancelled() => {}
+        }
+    })
 }
 
 /// Prunes old records and publishes queue gauges.
