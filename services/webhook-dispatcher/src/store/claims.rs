@@ -6,7 +6,7 @@
 //! again) or reset by redelivery is dropped rather than overwriting the newer state, and an
 //! outcome whose delivery was deleted meanwhile simply matches no row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use time::OffsetDateTime;
@@ -216,6 +216,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
 
+        // A set: this runs for every batch of up to 512 outcomes.
+        let written: HashSet<Uuid> = written.into_iter().collect();
         let mut report = Recorded {
             recorded: written.len(),
             ..Recorded::default()
