@@ -2,9 +2,10 @@
 """Smoke test of the README's run command, as a new user would try it.
 
 Runs `bash scripts/dev.sh`, waits until it says every service is ready, creates a webhook
-subscription to a local receiver, opens a /ws connection with the printed session cookie,
-publishes one event with eventctl, sees it arrive at both (the webhook signed with the
-subscription's secret), then sends SIGINT and checks that everything stopped cleanly.
+subscription to a local receiver, opens a /ws connection with the printed session cookie and a
+Socket.IO /admin connection with the printed JWT, publishes one event with eventctl, sees it
+arrive at all three (the webhook signed with the subscription's secret), then sends SIGINT and
+checks that everything stopped cleanly.
 
 Standard library only. Exit status 0 when every check passed.
 """
@@ -114,13 +115,14 @@ class Receiver(http.server.ThreadingHTTPServer):
 class WsClient:
     """A minimal RFC 6455 client: text frames, client-side masking, no extensions."""
 
-    def __init__(self, port, cookie):
+    def __init__(self, port, path="/ws", cookie=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=STEP_TIMEOUT)
         key = base64.b64encode(os.urandom(16)).decode()
+        cookie_header = f"Cookie: {cookie}\r\n" if cookie else ""
         self.sock.sendall((
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Cookie: {cookie}\r\n\r\n").encode())
+            f"{cookie_header}\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(4096)
@@ -142,7 +144,10 @@ class WsClient:
         return out
 
     def send(self, obj):
-        payload = json.dumps(obj).encode()
+        self.send_text(json.dumps(obj))
+
+    def send_text(self, text):
+        payload = text.encode()
         mask = os.urandom(4)
         header = bytes([0x81])
         n = len(payload)
@@ -152,6 +157,10 @@ class WsClient:
 
     def recv(self):
         """The next text message as JSON; answers pings, fails on close."""
+        return json.loads(self.recv_text())
+
+    def recv_text(self):
+        """The next text message; answers pings, fails on close."""
         while True:
             b0, b1 = self._read(2)
             n = b1 & 0x7F
@@ -162,7 +171,7 @@ class WsClient:
             payload = self._read(n)
             opcode = b0 & 0x0F
             if opcode == 0x1:
-                return json.loads(payload)
+                return payload.decode()
             if opcode == 0x8:
                 raise SmokeFailure(f"/ws closed: {payload[:2].hex()} {payload[2:]!r}")
             if opcode == 0x9:
@@ -177,6 +186,48 @@ class WsClient:
             if pred(msg):
                 return msg
         raise SmokeFailure(f"/ws: no {what}")
+
+
+class AdminSocket:
+    """Socket.IO v5 over Engine.IO v4 on a WebSocket, namespace /admin: just enough to
+    connect with a JWT, emit, and read events."""
+
+    NSP = "/admin"
+
+    def __init__(self, port, token):
+        self.ws = WsClient(port, "/socket.io/?EIO=4&transport=websocket")
+        opened = self.ws.recv_text()
+        if not opened.startswith("0"):
+            raise SmokeFailure(f"Engine.IO open packet expected, got {opened[:80]!r}")
+        self.ws.send_text(f"40{self.NSP}," + json.dumps({"token": token}))
+        reply = self.next_packet()
+        if not reply.startswith(f"40{self.NSP},"):
+            raise SmokeFailure(f"/admin connect refused: {reply[:200]!r}")
+
+    def next_packet(self):
+        """The next Socket.IO packet; Engine.IO pings are answered on the way."""
+        while True:
+            packet = self.ws.recv_text()
+            if packet == "2":
+                self.ws.send_text("3")
+                continue
+            if not packet.startswith("4"):
+                continue
+            return packet[1:]
+
+    def emit(self, event, data):
+        self.ws.send_text(f"42{self.NSP}," + json.dumps([event, data]))
+
+    def recv_event(self, name):
+        deadline = time.monotonic() + STEP_TIMEOUT
+        prefix = f"2{self.NSP},"
+        while time.monotonic() < deadline:
+            packet = self.next_packet()
+            if packet.startswith(prefix):
+                event, *args = json.loads(packet[len(prefix):])
+                if event == name:
+                    return args
+        raise SmokeFailure(f"/admin: no {name} event")
 
 
 def verify_standard_webhook(secret, headers, body):
@@ -215,11 +266,19 @@ def smoke(dev):
     check(status == 201 and sub["secret"].startswith("whsec_"),
           "webhook subscription created with the printed API key")
 
-    ws = WsClient(PORTS["gateway-ws"], cookie)
+    ws = WsClient(PORTS["gateway-ws"], cookie=cookie)
     hello = ws.recv()
     check(hello.get("type") == "connected", "/ws accepts the printed session cookie")
     ws.send({"type": "subscribe", "channel": "order_changes"})
     ws.recv_until(lambda m: m.get("type") == "subscribed", "subscribe ack")
+
+    admin_jwt = next(line.split(":", 1)[1].strip() for line in read_log().splitlines()
+                     if line.strip().startswith("/admin JWT"))
+    admin = AdminSocket(PORTS["gateway-socketio"], admin_jwt)
+    admin.emit("subscribe", {"entities": {"orders": [101]}})
+    (result,) = admin.recv_event("subscribe:result")
+    check("entity:orders:101" in result.get("subscribed", []),
+          "/admin accepts the printed JWT and subscribes to order 101")
 
     env = dict(os.environ, NATS_URL="nats://127.0.0.1:14222")
     publish = subprocess.run(
@@ -233,6 +292,9 @@ def smoke(dev):
 
     msg = ws.recv_until(lambda m: m.get("event") == "order:updated", "order:updated event")
     check(msg["data"].get("status") == "paid", "/ws client receives order:updated")
+
+    (update,) = admin.recv_event("orders_updated")
+    check(update.get("id") == event_id, "/admin socket receives orders_updated")
 
     headers, body = receiver.received.get(timeout=STEP_TIMEOUT)
     headers = {k.lower(): v for k, v in headers.items()}
