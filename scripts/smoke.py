@@ -200,12 +200,13 @@ class AdminSocket:
         if not opened.startswith("0"):
             raise SmokeFailure(f"Engine.IO open packet expected, got {opened[:80]!r}")
         self.ws.send_text(f"40{self.NSP}," + json.dumps({"token": token}))
-        reply = self.next_packet()
-        if not reply.startswith(f"40{self.NSP},"):
+        reply = self.next_packet()  # Socket.IO CONNECT (0) on success, CONNECT_ERROR (4) not
+        if not reply.startswith(f"0{self.NSP},"):
             raise SmokeFailure(f"/admin connect refused: {reply[:200]!r}")
 
     def next_packet(self):
-        """The next Socket.IO packet; Engine.IO pings are answered on the way."""
+        """The next Socket.IO packet, without its Engine.IO message type (4); Engine.IO pings
+        are answered on the way."""
         while True:
             packet = self.ws.recv_text()
             if packet == "2":
