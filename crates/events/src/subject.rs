@@ -23,6 +23,39 @@ pub const COMMAND_ROOT: &str = "cmd";
 /// Filter matching every domain event.
 pub const ALL_EVENTS: &str = "events.>";
 
+/// Widget pushes from the backend: `rt.widget.<widget_key>.<update|intercom_notify>`.
+pub const WIDGET_PUSHES: &str = "rt.widget.*.*";
+/// A deactivated widget key (payload: the key), so every gateway instance drops its sockets.
+pub const WIDGET_KEY_DEACTIVATED: &str = "rt.widget_keys.deactivated";
+/// Each gateway-socketio instance's socket counts, every `metrics.interval_secs`.
+pub const SOCKET_METRICS: &str = "rt.metrics.sockets";
+/// Discord boost requests from widgets (request/reply to the backend).
+pub const DISCORD_REQUEST_SEND: &str = "cmd.discord.request_send";
+
+/// Chat pushes from the backend, `rt.chat.<kind>`: `message`, `notification`, `channel_read`,
+/// `message_read`, `alert`, `assignment_changed`, `followed_chats`.
+pub const CHAT_PUSHES: &str = "rt.chat.*";
+/// Attention-item changes from the backend, `rt.attention.<kind>`: `item_added`,
+/// `item_removed`, `item_resolved`, `item_snoozed`, `item_restored`, `item_moved`,
+/// `items_changed`, `reraised`.
+pub const ATTENTION_PUSHES: &str = "rt.attention.*";
+/// Typing indicators between gateway instances (not for backends).
+pub const GATEWAY_TYPING: &str = "rt.gateway.typing";
+/// Who may use a chat channel, asked of the backend (request/reply).
+pub const CHANNEL_MEMBERS: &str = "cmd.chat.channel_members";
+/// A principal's followed chats, asked of the backend (request/reply).
+pub const FOLLOWED_CHATS: &str = "cmd.chat.followed_chats";
+/// The JetStream key-value bucket where gateway-socketio instances keep presence and viewing.
+pub const PRESENCE_BUCKET: &str = "gateway_presence";
+
+/// `<root>.<area>.<kind>` for a push family such as [`CHAT_PUSHES`]: the `<kind>` of a
+/// literal subject under `filter` (`rt.chat.*`), when it is one.
+pub fn push_kind<'a>(filter: &str, subject: &'a str) -> Option<&'a str> {
+    let prefix = filter.strip_suffix('*')?;
+    let kind = subject.strip_prefix(prefix)?;
+    (!kind.is_empty() && !kind.contains('.')).then_some(kind)
+}
+
 /// Why a subject could not be built or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubjectError {
@@ -161,6 +194,28 @@ mod tests {
         let c = command_subject(&["discord", "request_send"]).unwrap();
         assert_eq!(c, "cmd.discord.request_send");
         assert_eq!(Subject::parse(&c).unwrap().to_subject_string(), c);
+    }
+
+    #[test]
+    fn push_kinds_are_the_last_token_of_their_family() {
+        assert_eq!(push_kind(CHAT_PUSHES, "rt.chat.message"), Some("message"));
+        assert_eq!(
+            push_kind(ATTENTION_PUSHES, "rt.attention.reraised"),
+            Some("reraised")
+        );
+        assert_eq!(push_kind(CHAT_PUSHES, "rt.chat.a.b"), None);
+        assert_eq!(push_kind(CHAT_PUSHES, "rt.chat."), None);
+        assert_eq!(push_kind(CHAT_PUSHES, "rt.attention.x"), None);
+        for subject in [
+            WIDGET_KEY_DEACTIVATED,
+            SOCKET_METRICS,
+            DISCORD_REQUEST_SEND,
+            GATEWAY_TYPING,
+            CHANNEL_MEMBERS,
+            FOLLOWED_CHATS,
+        ] {
+            assert!(Subject::parse(subject).is_ok(), "{subject}");
+        }
     }
 
     #[test]

@@ -3,15 +3,26 @@
 //! and relays from NATS to rooms. The contract is `docs/gateway-socketio.md`.
 #![warn(missing_docs)]
 
+mod ack;
+mod admin;
 pub mod auth;
+mod bus;
+mod command;
 pub mod config;
-mod discord;
+mod expiry;
+mod gateway;
+mod handshake;
 mod key_cache;
 mod limits;
-pub mod policy;
+pub mod namespace;
+mod provider;
 mod relay;
-mod sockets;
+#[cfg(test)]
+mod schema_check;
+mod stat;
 pub mod widget;
+
+pub use admin::policy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
+pub use namespace::Namespace;
 
 /// Name, environment prefix and defaults of this service.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -113,7 +125,7 @@ pub async fn run(
         service.widget.unknown_keys_per_minute,
     );
 
-    let state = Arc::new(sockets::Gateway::new(
+    let state = Arc::new(gateway::Gateway::new(
         service.clone(),
         admin,
         provider,
@@ -135,16 +147,10 @@ pub async fn run(
         .ws_read_buffer_size(io_config.ws_read_buffer_bytes)
         .with_state(Arc::clone(&state))
         .build_svc();
-    sockets::register(&io);
+    register(&io);
 
     let subscribed = ctx.readiness.flag("relay", "not subscribed to events yet");
-    let mut relays = relay::spawn(
-        io.clone(),
-        state,
-        ctx.nats.clone(),
-        subscribed,
-        shutdown.clone(),
-    );
+    let mut relays = relay::spawn(&io, &state, subscribed, &shutdown);
 
     {
         let (io, token) = (io.clone(), shutdown.clone());
@@ -169,6 +175,27 @@ pub async fn run(
     let served = ctx.serve(listener, api.merge(engine)).await;
     relays.abort_all();
     served
+}
+
+/// Registers the namespaces on `io`, each with its handshake (connect middleware).
+fn register(io: &SocketIo) {
+    use socketioxide::handler::ConnectHandler;
+    io.ns(
+        Namespace::Admin.path(),
+        admin::on_connect.with(admin::handshake),
+    );
+    io.ns(
+        Namespace::Provider.path(),
+        provider::on_connect.with(provider::handshake),
+    );
+    io.ns(
+        Namespace::Widget.path(),
+        widget::on_connect.with(widget::handshake),
+    );
+    io.ns(
+        Namespace::Stat.path(),
+        stat::on_connect.with(stat::handshake),
+    );
 }
 
 /// Request headers a socket may need after its handshake: the WebSocket upgrade, the body's

@@ -23,9 +23,6 @@ use crate::auth::Refusal;
 use crate::key_cache::AgedCache;
 use crate::limits::KeyedBuckets;
 
-/// NATS subject announcing a deactivated key to every instance.
-pub const DEACTIVATED_SUBJECT: &str = "rt.widget_keys.deactivated";
-
 /// One widget key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct WidgetKey {
@@ -356,7 +353,10 @@ async fn deactivate(State(state): State<ApiState>, Path(key): Path<String>) -> R
             // cache entry expires.
             if let Err(e) = state
                 .nats
-                .publish(DEACTIVATED_SUBJECT, widget.key.clone().into())
+                .publish(
+                    events::subject::WIDGET_KEY_DEACTIVATED,
+                    widget.key.clone().into(),
+                )
                 .await
             {
                 tracing::warn!(error = %e, "could not announce a widget key deactivation");
