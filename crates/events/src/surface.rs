@@ -74,6 +74,14 @@ pub mod rooms {
     pub fn channel(name: &str) -> String {
         format!("channel:{name}")
     }
+
+    /// Whether `room` is one of the above (a `subscribe` room), not a room the gateway joins
+    /// for other reasons.
+    pub fn is_subscription(room: &str) -> bool {
+        ["entity:", "domain:", "channel:"]
+            .iter()
+            .any(|prefix| room.starts_with(prefix))
+    }
 }
 
 /// Which rule of the `/admin` row an emit comes from, so consumers (metric labels, filters)

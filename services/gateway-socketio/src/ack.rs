@@ -62,6 +62,18 @@ impl Answer {
         }
     }
 
+    /// Sends `body` through the ack and returns true when there is one; false (nothing sent)
+    /// otherwise.
+    pub(crate) fn ack_only_if_wanted(self, body: &impl Serialize) -> bool {
+        if !self.wants_ack {
+            return false;
+        }
+        if let Err(e) = self.ack.send(body) {
+            tracing::debug!(error = %e, "ack not sent");
+        }
+        true
+    }
+
     /// Emits `event` with `body` and also acks it when the client asked.
     pub(crate) fn emit_and_ack(self, event: &str, body: &impl Serialize) {
         if let Err(e) = self.socket.emit(event, body) {

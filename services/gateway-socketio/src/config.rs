@@ -25,6 +25,129 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Connection caps and how the client address is found.
     pub limits: LimitsConfig,
+    /// Collaboration events on `/admin` and `/provider`: channel membership, bounds.
+    pub collab: CollabConfig,
+    /// Cluster-wide presence and viewing (JetStream key-value).
+    pub presence: PresenceConfig,
+    /// Typing indicators.
+    pub typing: TypingConfig,
+}
+
+/// Where channel membership comes from (`collab.membership`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipSource {
+    /// Ask the backend (`cmd.chat.channel_members`) and cache the answer. Without a backend,
+    /// every channel is refused.
+    #[default]
+    Request,
+    /// The token's `collab.membership_claim` claim lists the channel ids its principal may use.
+    Claim,
+}
+
+/// Collaboration events: who may use which chat channel, and the bounds of what clients and the
+/// backend send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CollabConfig {
+    /// `request` (default) or `claim`.
+    pub membership: MembershipSource,
+    /// Claim listing channel ids, with `membership = "claim"`.
+    pub membership_claim: String,
+    /// Seconds a backend membership answer is trusted.
+    pub membership_cache_secs: u64,
+    /// Channels whose membership is cached at once; beyond it the oldest are dropped.
+    pub membership_cache_entries: usize,
+    /// How long a request to the backend (membership, followed chats) may take.
+    pub request_timeout_ms: u64,
+    /// Largest client payload forwarded to the backend (`get_followed_chats`), in bytes.
+    pub max_request_bytes: usize,
+    /// Largest backend push (`rt.chat.*`, `rt.attention.*`) relayed, in bytes.
+    pub max_push_bytes: usize,
+    /// Recipients one push or membership answer may name.
+    pub max_recipients: usize,
+    /// Channels one socket may be viewing at once.
+    pub max_viewing_per_socket: usize,
+    /// Collaboration events one socket may send per minute (a token bucket holding this many);
+    /// 0 = unlimited.
+    pub events_per_minute: u32,
+}
+
+impl Default for CollabConfig {
+    fn default() -> Self {
+        Self {
+            membership: MembershipSource::Request,
+            membership_claim: "chat_channels".to_owned(),
+            membership_cache_secs: 30,
+            membership_cache_entries: 100_000,
+            request_timeout_ms: 3000,
+            max_request_bytes: 16 * 1024,
+            max_push_bytes: 256 * 1024,
+            max_recipients: 1000,
+            max_viewing_per_socket: 20,
+            events_per_minute: 600,
+        }
+    }
+}
+
+/// Presence and viewing, kept cluster-wide in a JetStream key-value bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// Bucket name (created when missing).
+    pub bucket: String,
+    /// Replicas of the bucket (clustered JetStream).
+    pub replicas: usize,
+    /// How often an instance says it is alive.
+    pub heartbeat_ms: u64,
+    /// An instance not heard from for this long is dead: its users and viewers are dropped.
+    pub ttl_ms: u64,
+    /// A user whose last socket on an instance left stays online this long, so a reconnect
+    /// (a reload, a network change) does not flap offline and back.
+    pub grace_ms: u64,
+    /// Ids one `presence:query` may name.
+    pub max_query_ids: usize,
+    /// Users one socket may watch (receive `presence:update` for).
+    pub max_watched_per_socket: usize,
+    /// Whether `/admin` principals may query anyone's presence without naming a channel they
+    /// are in (CRM staff seeing colleagues). `/provider` always needs a channel.
+    pub admin_query_any: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            bucket: events::subject::PRESENCE_BUCKET.to_owned(),
+            replicas: 1,
+            heartbeat_ms: 5000,
+            ttl_ms: 15_000,
+            grace_ms: 3000,
+            max_query_ids: 100,
+            max_watched_per_socket: 500,
+            admin_query_any: true,
+        }
+    }
+}
+
+/// Typing indicators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TypingConfig {
+    /// A typing indicator not renewed by a `typing:start` within this long ends with an
+    /// automatic `user:typing:stop`.
+    pub timeout_ms: u64,
+    /// Least time between two `typing:start` of one socket and channel that are relayed; those
+    /// in between are absorbed (acked, not relayed).
+    pub renew_ms: u64,
+}
+
+impl Default for TypingConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 6000,
+            renew_ms: 1000,
+        }
+    }
 }
 
 /// The signature algorithm `/admin` tokens must use.
@@ -455,10 +578,59 @@ impl Validate for Config {
                 "provider.jwks_timeout_secs",
                 self.provider.jwks_timeout_secs,
             ),
+            (
+                "collab.membership_cache_entries",
+                self.collab.membership_cache_entries as u64,
+            ),
+            ("collab.request_timeout_ms", self.collab.request_timeout_ms),
+            (
+                "collab.max_request_bytes",
+                self.collab.max_request_bytes as u64,
+            ),
+            ("collab.max_push_bytes", self.collab.max_push_bytes as u64),
+            ("collab.max_recipients", self.collab.max_recipients as u64),
+            (
+                "collab.max_viewing_per_socket",
+                self.collab.max_viewing_per_socket as u64,
+            ),
+            ("presence.replicas", self.presence.replicas as u64),
+            ("presence.heartbeat_ms", self.presence.heartbeat_ms),
+            ("presence.max_query_ids", self.presence.max_query_ids as u64),
+            (
+                "presence.max_watched_per_socket",
+                self.presence.max_watched_per_socket as u64,
+            ),
+            ("typing.timeout_ms", self.typing.timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
+        }
+        if self.presence.ttl_ms < self.presence.heartbeat_ms * 2 {
+            return Err(ConfigError::new(
+                "presence.ttl_ms",
+                "must be at least twice presence.heartbeat_ms (one lost heartbeat is not a death)",
+            ));
+        }
+        if events::token::validate_token("bucket", &self.presence.bucket).is_err() {
+            return Err(ConfigError::new(
+                "presence.bucket",
+                "must be 1 to 128 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.collab.membership == MembershipSource::Claim
+            && self.collab.membership_claim.is_empty()
+        {
+            return Err(ConfigError::new(
+                "collab.membership_claim",
+                "required with collab.membership = \"claim\"",
+            ));
+        }
+        if self.typing.renew_ms >= self.typing.timeout_ms {
+            return Err(ConfigError::new(
+                "typing.renew_ms",
+                "must be less than typing.timeout_ms, or continuous typing would flicker",
+            ));
         }
         if self.socketio.ws_read_buffer_bytes < 256 {
             return Err(ConfigError::new(

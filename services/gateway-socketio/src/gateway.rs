@@ -10,6 +10,7 @@ use socketioxide::extract::State;
 use tokio::sync::Semaphore;
 
 use crate::auth::{AdminVerifier, ProviderVerifier};
+use crate::collab::Collab;
 use crate::command::Commands;
 use crate::config::Config;
 use crate::expiry::Schedule;
@@ -25,6 +26,8 @@ pub struct Gateway {
     pub(crate) provider: Option<ProviderVerifier>,
     pub(crate) widgets: WidgetKeys,
     pub(crate) nats: async_nats::Client,
+    /// Presence, typing, viewing and membership (`/admin`, `/provider`).
+    pub(crate) collab: Collab,
     /// Request/reply to the backend, bounded in flight.
     pub(crate) commands: Commands,
     /// Connected sockets per namespace (this instance), by [`Namespace::index`].
@@ -65,6 +68,7 @@ impl Gateway {
         Self {
             discord_keys: KeyBudgets::new(config.widget.discord_per_key_per_minute),
             stat: StatAdmission::new(config.stat.connections_per_minute),
+            collab: Collab::new(&config),
             commands: Commands::new(nats.clone(), Semaphore::new(COMMANDS_IN_FLIGHT)),
             config,
             admin,

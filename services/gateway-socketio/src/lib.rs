@@ -7,6 +7,7 @@ mod ack;
 mod admin;
 pub mod auth;
 mod bus;
+mod collab;
 mod command;
 pub mod config;
 mod expiry;
@@ -83,8 +84,14 @@ pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
         ));
     }
     common.database.connect_options()?;
-    let admin = auth::AdminVerifier::new(&service.admin)?;
-    let provider = auth::ProviderVerifier::new(&service.provider)?;
+    // With claim membership, the verifiers read the channel list at the handshake.
+    let channel_claim = match service.collab.membership {
+        config::MembershipSource::Claim => service.collab.membership_claim.as_str(),
+        config::MembershipSource::Request => "",
+    };
+    let admin = auth::AdminVerifier::new(&service.admin)?.with_channel_claim(channel_claim);
+    let provider = auth::ProviderVerifier::new(&service.provider)?
+        .map(|verifier| verifier.with_channel_claim(channel_claim));
     Ok(Prepared {
         admin,
         provider,
@@ -150,7 +157,10 @@ pub async fn run(
     register(&io);
 
     let subscribed = ctx.readiness.flag("relay", "not subscribed to events yet");
-    let mut relays = relay::spawn(&io, &state, subscribed, &shutdown);
+    let presence = ctx
+        .readiness
+        .flag("presence", "cluster presence not loaded yet");
+    let mut relays = relay::spawn(&io, &state, subscribed, presence, &shutdown);
 
     {
         let (io, token) = (io.clone(), shutdown.clone());
@@ -173,9 +183,18 @@ pub async fn run(
         engine = engine.layer(cors);
     }
     let served = ctx.serve(listener, api.merge(engine)).await;
+    // The relays end on `shutdown`; the presence registry takes a few seconds to leave the
+    // cluster (delete and purge its keys). Whatever is still running then is aborted.
+    let _ = tokio::time::timeout(RELAYS_STOP, async {
+        while relays.join_next().await.is_some() {}
+    })
+    .await;
     relays.abort_all();
     served
 }
+
+/// How long the relays may take to end after the HTTP server stopped.
+const RELAYS_STOP: Duration = Duration::from_secs(3);
 
 /// Registers the namespaces on `io`, each with its handshake (connect middleware).
 fn register(io: &SocketIo) {

@@ -9,14 +9,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::{admin, expiry, widget};
+use crate::{admin, collab, expiry, widget};
 
 /// Starts every relay; they stop on `shutdown`. `subscribed` is set once the domain-event
-/// subscription is in place.
+/// subscription is in place, `presence` once the cluster presence state is loaded.
 pub(crate) fn spawn(
     io: &SocketIo,
     gateway: &Arc<Gateway>,
     subscribed: ReadyFlag,
+    presence: ReadyFlag,
     shutdown: &CancellationToken,
 ) -> JoinSet<()> {
     let nats = gateway.nats.clone();
@@ -40,6 +41,7 @@ pub(crate) fn spawn(
         nats,
         shutdown.clone(),
     ));
+    collab::spawn(&mut set, io, gateway, presence, shutdown);
     set.spawn(expiry::sweeper(
         io.clone(),
         Arc::clone(gateway),

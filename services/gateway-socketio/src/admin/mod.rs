@@ -25,6 +25,7 @@ pub(crate) async fn handshake(
     let (_, slot) = admit_socket(&s, &g, ns)?;
     let token = token(auth).ok_or_else(|| refused(ns, Refusal::MissingToken))?;
     let principal = g.admin.verify(&token).map_err(|r| refused(ns, r))?;
+    crate::collab::attach(&s, &g, ns, &principal);
     s.extensions.insert(principal);
     s.extensions.insert(slot);
     // Handlers are registered here, before the CONNECT packet is sent: the connect handler
@@ -36,7 +37,7 @@ pub(crate) async fn handshake(
 }
 
 pub(crate) async fn on_connect(s: SocketRef, State(g): Shared) {
-    track(&s, &g, Namespace::Admin, || {});
+    track(&s, &g, Namespace::Admin, crate::collab::connected(&s, &g));
     let counts = g
         .cluster_counts
         .lock()

@@ -40,10 +40,15 @@ pub(crate) async fn subscribe(
     Answer::new(&s, ack, wants_ack).send("subscribe:result", &body);
 }
 
-/// Moves the rooms past `limit` (counting those the socket is in) to `refused`; rooms it is in
-/// already cost nothing.
+/// Moves the rooms past `limit` (counting the subscription rooms the socket is in) to
+/// `refused`; rooms it is in already cost nothing. Collaboration rooms (identity, viewing,
+/// presence) have their own bounds and do not count.
 fn cap_rooms(s: &SocketRef, body: &mut policy::Reply, limit: usize) {
-    let joined = s.rooms();
+    let joined: Vec<_> = s
+        .rooms()
+        .into_iter()
+        .filter(|room| events::surface::rooms::is_subscription(room))
+        .collect();
     if joined.len() + body.subscribed.len() <= limit {
         return;
     }

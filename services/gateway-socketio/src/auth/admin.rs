@@ -15,6 +15,7 @@ pub struct AdminVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
     grant_claim: String,
+    channel_claim: String,
 }
 
 impl std::fmt::Debug for AdminVerifier {
@@ -62,7 +63,15 @@ impl AdminVerifier {
             keys,
             validation: base_validation(alg, &config.issuer, &config.audience, config.leeway_secs),
             grant_claim: config.subscribe_claim.clone(),
+            channel_claim: String::new(),
         })
+    }
+
+    /// Also reads the chat channels a token lists from `claim` (`collab.membership_claim`).
+    #[must_use]
+    pub fn with_channel_claim(mut self, claim: &str) -> Self {
+        claim.clone_into(&mut self.channel_claim);
+        self
     }
 
     /// Verifies a token: pinned algorithm, signature with any configured key, `exp`, `nbf`,
@@ -75,7 +84,9 @@ impl AdminVerifier {
         let mut refusal = Refusal::BadSignature;
         for key in &self.keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation) {
-                Ok(data) => return Ok(principal(data.claims, &self.grant_claim)),
+                Ok(data) => {
+                    return principal(data.claims, &self.grant_claim, &self.channel_claim);
+                }
                 Err(e) => {
                     refusal = map_error(&e);
                     if refusal != Refusal::BadSignature {

@@ -1,6 +1,7 @@
 //! Handshake credentials: `/admin` JWTs with a pinned algorithm, `/provider` Logto access tokens
 //! checked against the issuer's JWKS (cached, refreshed on an unknown `kid`, rate-limited).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -151,6 +152,27 @@ pub struct Principal {
     pub expires_at: i64,
     /// What the principal may subscribe to.
     pub grants: Arc<Grants>,
+    /// Chat channels the token names (`collab.membership = "claim"`); `None` when the
+    /// verifier reads no such claim.
+    pub channels: Option<Arc<HashSet<String>>>,
+}
+
+/// Channel ids one token may list; more is refused as malformed (the socket would hold a room
+/// for each).
+pub const MAX_CLAIMED_CHANNELS: usize = 1000;
+
+/// The channel-list claim: an array of strings or one space-separated string, as for grants.
+/// `Err` when it lists more than [`MAX_CLAIMED_CHANNELS`].
+fn channels_claim(claim: Option<&Value>) -> Result<HashSet<String>, Refusal> {
+    let items: Vec<&str> = match claim {
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if items.len() > MAX_CLAIMED_CHANNELS {
+        return Err(Refusal::Malformed);
+    }
+    Ok(items.into_iter().map(str::to_owned).collect())
 }
 
 pub(crate) fn map_error(error: &jsonwebtoken::errors::Error) -> Refusal {
@@ -217,7 +239,13 @@ pub(crate) fn base_validation(
     validation
 }
 
-pub(crate) fn principal(claims: Map<String, Value>, grant_claim: &str) -> Principal {
+/// The principal of verified `claims`: `grant_claim` lists subscriptions (empty: all),
+/// `channel_claim` the chat channels (empty: not read).
+pub(crate) fn principal(
+    claims: Map<String, Value>,
+    grant_claim: &str,
+    channel_claim: &str,
+) -> Result<Principal, Refusal> {
     let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
     let subject = claims.get("sub").and_then(|v| match v {
         Value::String(s) => Some(s.clone()),
@@ -229,9 +257,15 @@ pub(crate) fn principal(claims: Map<String, Value>, grant_claim: &str) -> Princi
     } else {
         Grants::from_claim(claims.get(grant_claim))
     };
-    Principal {
+    let channels = if channel_claim.is_empty() {
+        None
+    } else {
+        Some(Arc::new(channels_claim(claims.get(channel_claim))?))
+    };
+    Ok(Principal {
         subject,
         expires_at,
         grants: Arc::new(grants),
-    }
+        channels,
+    })
 }

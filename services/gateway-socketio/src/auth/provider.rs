@@ -41,6 +41,7 @@ pub struct ProviderVerifier {
     current: RwLock<Option<Arc<KeySet>>>,
     /// Serialises fetches; holds when the last fetch was attempted.
     fetch: tokio::sync::Mutex<Option<Instant>>,
+    channel_claim: String,
 }
 
 impl std::fmt::Debug for ProviderVerifier {
@@ -98,6 +99,7 @@ impl ProviderVerifier {
             http,
             current: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(None),
+            channel_claim: String::new(),
         }))
     }
 
@@ -183,6 +185,13 @@ impl ProviderVerifier {
         })
     }
 
+    /// Also reads the chat channels a token lists from `claim` (`collab.membership_claim`).
+    #[must_use]
+    pub fn with_channel_claim(mut self, claim: &str) -> Self {
+        claim.clone_into(&mut self.channel_claim);
+        self
+    }
+
     /// Verifies a Logto access token.
     pub async fn verify(&self, token: &str) -> Result<Principal, Refusal> {
         let (alg_name, kid) = header_fields(token)?;
@@ -219,7 +228,7 @@ impl ProviderVerifier {
             self.config.leeway_secs,
         );
         jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
-            .map(|data| principal(data.claims, ""))
             .map_err(|e| map_error(&e))
+            .and_then(|data| principal(data.claims, "", &self.channel_claim))
     }
 }

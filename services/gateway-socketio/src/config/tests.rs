@@ -88,6 +88,13 @@ fn caps_must_be_positive() {
         "LIMITS__MAX_CONNECTIONS_PER_IP",
         "ADMIN__MAX_TARGETS_PER_REQUEST",
         "WIDGET__CACHE_ENTRIES",
+        "COLLAB__MAX_RECIPIENTS",
+        "COLLAB__MAX_PUSH_BYTES",
+        "COLLAB__MAX_VIEWING_PER_SOCKET",
+        "PRESENCE__MAX_QUERY_IDS",
+        "PRESENCE__MAX_WATCHED_PER_SOCKET",
+        "PRESENCE__HEARTBEAT_MS",
+        "TYPING__TIMEOUT_MS",
     ] {
         let err = load(&[(key, "0")]).unwrap_err();
         assert_eq!(
@@ -138,4 +145,36 @@ fn prepare_builds_what_run_needs_and_names_the_key_it_refuses() {
         crate::prepare(&settings).unwrap_err().key,
         "socketio.cors_origins"
     );
+}
+
+#[test]
+fn collaboration_settings_are_checked_against_each_other() {
+    let settings = load(&[]).unwrap();
+    assert_eq!(
+        settings.service.collab.membership,
+        super::MembershipSource::Request,
+        "membership is asked of the backend unless configured otherwise"
+    );
+    let claim = load(&[("COLLAB__MEMBERSHIP", "claim")]).unwrap();
+    assert_eq!(
+        claim.service.collab.membership,
+        super::MembershipSource::Claim
+    );
+    assert!(load(&[("COLLAB__MEMBERSHIP", "anyone")]).is_err());
+    let err = load(&[
+        ("COLLAB__MEMBERSHIP", "claim"),
+        ("COLLAB__MEMBERSHIP_CLAIM", ""),
+    ])
+    .unwrap_err();
+    assert_eq!(err.key, "collab.membership_claim");
+    let err = load(&[
+        ("PRESENCE__HEARTBEAT_MS", "1000"),
+        ("PRESENCE__TTL_MS", "1500"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.key, "presence.ttl_ms");
+    let err = load(&[("PRESENCE__BUCKET", "a.b")]).unwrap_err();
+    assert_eq!(err.key, "presence.bucket");
+    let err = load(&[("TYPING__RENEW_MS", "6000")]).unwrap_err();
+    assert_eq!(err.key, "typing.renew_ms");
 }

@@ -22,11 +22,12 @@ pub(crate) async fn handshake(
     let (_, slot) = admit_socket(&s, &g, ns)?;
     let token = token(auth).ok_or_else(|| refused(ns, Refusal::MissingToken))?;
     let principal = verifier.verify(&token).await.map_err(|r| refused(ns, r))?;
+    crate::collab::attach(&s, &g, ns, &principal);
     s.extensions.insert(principal);
     s.extensions.insert(slot);
     Ok(())
 }
 
 pub(crate) async fn on_connect(s: SocketRef, State(g): Shared) {
-    track(&s, &g, Namespace::Provider, || {});
+    track(&s, &g, Namespace::Provider, crate::collab::connected(&s, &g));
 }

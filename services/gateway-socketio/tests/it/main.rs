@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin_auth;
+mod collab;
 mod common;
 mod hardening;
 mod lifecycle;
+mod presence;
 mod prop_parsers;
 mod provider;
 mod serving;

@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, watch};
 
+mod backend;
 mod scenario;
 
+pub use backend::ChatBackend;
 pub use scenario::*;
 
 /// `admin.secret` of every gateway started here (HS256).
@@ -128,8 +130,14 @@ impl Connect {
     /// A connection to namespace `ns` (`/admin`...) of `gateway`, WebSocket transport only,
     /// no auth, no extra headers.
     pub fn to(gateway: &Gateway, ns: &str) -> Self {
+        Self::to_url(&gateway.url(""), ns)
+    }
+
+    /// As [`Connect::to`], for a gateway at `url` (`http://127.0.0.1:<port>`), e.g. one
+    /// running as a process.
+    pub fn to_url(url: &str, ns: &str) -> Self {
         Self {
-            url: gateway.url(""),
+            url: url.to_owned(),
             ns: ns.to_owned(),
             auth: json!({}),
             headers: Map::new(),

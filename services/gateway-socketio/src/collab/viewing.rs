@@ -1,0 +1,97 @@
+//! `channel:viewing` / `channel:left` (`/admin`): which chat channels a socket shows. A
+//! viewing socket is in the channel's view room (`chat_message` reaches it) and counts, in the
+//! cluster-wide registry, as its participant viewing the channel (no `chatNotification`).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+
+use super::channel::ChannelId;
+use super::error::{self, CollabError};
+use super::session::{CollabSession, lock};
+use crate::ack::{Answer, WantsAck};
+use crate::gateway::{Gateway, Shared};
+
+const SHAPE: &str = "expected {channel_id: string of 1 to 128 [A-Za-z0-9_-]}";
+
+#[derive(Debug, Deserialize)]
+struct Channel {
+    channel_id: ChannelId,
+}
+
+fn channel_of(payload: Option<Value>) -> Result<ChannelId, CollabError> {
+    payload
+        .and_then(|v| serde_json::from_value::<Channel>(v).ok())
+        .map(|c| c.channel_id)
+        .ok_or(CollabError::Malformed(SHAPE))
+}
+
+/// `channel:viewing` `{"channel_id"}`: members only, at most `collab.max_viewing_per_socket`
+/// channels per socket (viewing one again is no new one); acked `{"ok": true, "channel_id"}`.
+pub(crate) async fn viewing(
+    s: SocketRef,
+    State(g): Shared,
+    TryData(payload): TryData<Value>,
+    wants_ack: WantsAck,
+    ack: AckSender,
+) {
+    let answer = Answer::new(&s, ack, wants_ack);
+    let result = start(&s, &g, payload.ok()).await;
+    error::answer(&s, answer, "channel:viewing", result);
+}
+
+async fn start(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Value, CollabError> {
+    let session = CollabSession::of(s)?;
+    let channel = channel_of(payload)?;
+    g.collab
+        .membership
+        .check(&g.commands, &session.principal, &session.who, &channel)
+        .await?;
+    {
+        // The session's set, the room and the registry change together, so a concurrent
+        // `channel:left` cannot leave them disagreeing.
+        let mut viewing = lock(&session.viewing);
+        if !viewing.contains(&channel) {
+            if viewing.len() >= g.config.collab.max_viewing_per_socket {
+                return Err(CollabError::Limit("collab.max_viewing_per_socket"));
+            }
+            viewing.insert(channel.clone());
+        }
+        super::presence::join(s, vec![channel.view_room()]);
+        g.collab
+            .registry
+            .set_viewing(&session.who, s.id, &channel, true);
+    }
+    // The socket left while membership was asked: what it started must not outlive it.
+    if !s.connected() {
+        g.collab.registry.socket_disconnected(&session.who, s.id);
+    }
+    Ok(json!({"ok": true, "channel_id": channel}))
+}
+
+/// `channel:left` `{"channel_id"}`: the socket no longer shows the channel (nothing when it
+/// did not); acked `{"ok": true, "channel_id"}`.
+pub(crate) async fn left(
+    s: SocketRef,
+    State(g): Shared,
+    TryData(payload): TryData<Value>,
+    wants_ack: WantsAck,
+    ack: AckSender,
+) {
+    let result = stop(&s, &g, payload.ok());
+    error::answer(&s, Answer::new(&s, ack, wants_ack), "channel:left", result);
+}
+
+fn stop(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Value, CollabError> {
+    let session = CollabSession::of(s)?;
+    let channel = channel_of(payload)?;
+    let mut viewing = lock(&session.viewing);
+    if viewing.remove(&channel) {
+        s.leave(channel.view_room());
+        g.collab
+            .registry
+            .set_viewing(&session.who, s.id, &channel, false);
+    }
+    drop(viewing);
+    Ok(json!({"ok": true, "channel_id": channel}))
+}
