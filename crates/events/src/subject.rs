@@ -48,6 +48,18 @@ pub const FOLLOWED_CHATS: &str = "cmd.chat.followed_chats";
 /// The JetStream key-value bucket where gateway-socketio instances keep presence and viewing.
 pub const PRESENCE_BUCKET: &str = "gateway_presence";
 
+/// Coalesced counter increments from stat-aggregator (payload [`crate::stat::StatUpdate`]).
+pub const STAT_UPDATES: &str = "rt.stat.update";
+/// Recompute every counter from the stream (request/reply to stat-aggregator; reply
+/// [`crate::stat::RebuildReply`]).
+pub const STAT_REBUILD: &str = "cmd.stat.rebuild";
+/// The JetStream key-value bucket holding the public counters snapshot, read by every
+/// gateway-socketio instance.
+pub const STAT_SNAPSHOT_BUCKET: &str = "stat_snapshot";
+/// The key of the current snapshot (payload [`crate::stat::StatSnapshot`]) in
+/// [`STAT_SNAPSHOT_BUCKET`].
+pub const STAT_SNAPSHOT_KEY: &str = "current";
+
 /// `<root>.<area>.<kind>` for a push family such as [`CHAT_PUSHES`]: the `<kind>` of a
 /// literal subject under `filter` (`rt.chat.*`), when it is one.
 pub fn push_kind<'a>(filter: &str, subject: &'a str) -> Option<&'a str> {

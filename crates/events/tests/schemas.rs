@@ -153,3 +153,47 @@ fn published_headers_conform_to_the_header_schema() {
         .into();
     assert_valid(&validator, &value);
 }
+
+#[test]
+fn stat_payloads_match_their_schemas() {
+    use events::stat::{CounterValues, RebuildReply, StatSnapshot, StatUpdate};
+    let mut counters = CounterValues::new();
+    counters
+        .entry("deals_completed".into())
+        .or_default()
+        .extend([("total".to_owned(), 3), ("last_24h".to_owned(), 1)]);
+    counters
+        .entry("deals_open".into())
+        .or_default()
+        .insert("total".into(), -1);
+    let snapshot = StatSnapshot {
+        version: 7,
+        at: "2026-11-21T10:30:00Z".into(),
+        time_zone: "Europe/Berlin".into(),
+        counters: counters.clone(),
+    };
+    assert_valid(
+        &schema("stat-snapshot.schema.json"),
+        &serde_json::to_value(&snapshot).unwrap(),
+    );
+    let update = StatUpdate {
+        version: 8,
+        at: "2026-11-21T10:30:00Z".into(),
+        counters,
+    };
+    assert_valid(
+        &schema("stat-update.schema.json"),
+        &serde_json::to_value(&update).unwrap(),
+    );
+    let reply = RebuildReply {
+        ok: false,
+        replayed: 0,
+        seq: 0,
+        version: 0,
+        error: Some("busy".into()),
+    };
+    assert_valid(
+        &schema("stat-rebuild-reply.schema.json"),
+        &serde_json::to_value(&reply).unwrap(),
+    );
+}

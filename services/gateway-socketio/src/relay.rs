@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::{admin, collab, expiry, widget};
+use crate::{admin, collab, expiry, stat, widget};
 
 /// Starts every relay; they stop on `shutdown`. `subscribed` is set once the domain-event
 /// subscription is in place, `presence` once the cluster presence state is loaded.
@@ -32,6 +32,12 @@ pub(crate) fn spawn(
     set.spawn(widget::deactivations(
         io.clone(),
         Arc::clone(gateway),
+        nats.clone(),
+        shutdown.clone(),
+    ));
+    set.spawn(stat::relay(
+        io.clone(),
+        Arc::clone(&gateway.stat.feed),
         nats.clone(),
         shutdown.clone(),
     ));

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use service_runtime::{Backoff, ReadyFlag};
 
-use crate::pattern::{Pattern, any_matches};
 use crate::store::Store;
+use events::pattern::{Pattern, any_matches};
 
 /// How long the in-memory copy of subscription patterns is trusted. Changes made through this
 /// replica's API apply at once; other replicas' within this bound.

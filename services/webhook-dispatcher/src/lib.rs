@@ -12,7 +12,6 @@
 pub mod api;
 pub mod config;
 pub mod intake;
-pub mod pattern;
 pub mod signing;
 pub mod ssrf;
 pub mod store;

@@ -14,7 +14,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::pattern::Pattern;
+use events::pattern::Pattern;
 
 /// A webhook subscription as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -1,8 +1,10 @@
 //! `load`: load measurements of the product's surfaces, one subcommand per surface.
 //!
-//! - `load sio idle|fanout`: gateway-socketio beside a Node socket.io 4.8 baseline.
+//! - `load sio idle|fanout`: gateway-socketio beside a Node socket.io 4.8 baseline; `load sio
+//!   presence`: the gateway's cluster-wide presence (latency between instances, cost per user).
 //! - `load ws idle|fanout`: gateway-ws beside a bare tokio-tungstenite broadcast server.
 //! - `load webhook throughput|latency`: webhook-dispatcher end to end.
+//! - `load stat throughput|latency`: stat-aggregator's fold rate and update latency.
 //!
 //! Every surface shares one client fleet ([`fleet`]), one way of measuring (`/proc` readings
 //! in [`procfs`], fan-out rounds in [`fanout`], idle memory in [`idle`], statistics in
@@ -22,6 +24,7 @@ mod idle;
 mod output;
 mod procfs;
 mod sio;
+mod stat;
 mod stats;
 mod webhook;
 mod ws;
@@ -54,6 +57,8 @@ enum Surface {
     Ws(ws::Args),
     /// webhook-dispatcher (delivery throughput, publish → delivery latency).
     Webhook(webhook::Args),
+    /// stat-aggregator (events folded per second, publish → update latency).
+    Stat(stat::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
             Surface::Sio(args) => sio::run(args, out).await,
             Surface::Ws(args) => ws::run(args, out).await,
             Surface::Webhook(args) => webhook::run(args, out).await,
+            Surface::Stat(args) => stat::run(args, out).await,
         }
     });
     // Background tasks (pool reapers, NATS clients) are abandoned rather than awaited.

@@ -82,8 +82,7 @@ pub(crate) fn answer(
             if answer.ack_only_if_wanted(&e.body()) {
                 return;
             }
-            if let Err(err) = s.emit("collab:error", &json!({"event": event, "error": e.error()}))
-            {
+            if let Err(err) = s.emit("collab:error", &json!({"event": event, "error": e.error()})) {
                 tracing::debug!(error = %err, "collab:error not sent");
             }
         }

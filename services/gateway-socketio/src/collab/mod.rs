@@ -145,7 +145,11 @@ pub(crate) fn spawn(
         Arc::clone(gateway),
         shutdown.clone(),
     ));
-    set.spawn(chat::relay(io.clone(), Arc::clone(gateway), shutdown.clone()));
+    set.spawn(chat::relay(
+        io.clone(),
+        Arc::clone(gateway),
+        shutdown.clone(),
+    ));
     set.spawn(attention::relay(
         io.clone(),
         Arc::clone(gateway),

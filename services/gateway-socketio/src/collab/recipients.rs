@@ -57,11 +57,13 @@ impl Recipients {
 
     /// Every participant named.
     pub(crate) fn participants(&self) -> impl Iterator<Item = Participant> + '_ {
-        [Kind::User, Kind::Profile].into_iter().flat_map(move |kind| {
-            self.ids(kind)
-                .iter()
-                .filter_map(move |id| Participant::new(kind, id))
-        })
+        [Kind::User, Kind::Profile]
+            .into_iter()
+            .flat_map(move |kind| {
+                self.ids(kind)
+                    .iter()
+                    .filter_map(move |id| Participant::new(kind, id))
+            })
     }
 
     /// The identity rooms of the participants of `kind` (in `kind`'s namespace).

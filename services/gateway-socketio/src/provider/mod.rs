@@ -29,5 +29,10 @@ pub(crate) async fn handshake(
 }
 
 pub(crate) async fn on_connect(s: SocketRef, State(g): Shared) {
-    track(&s, &g, Namespace::Provider, crate::collab::connected(&s, &g));
+    track(
+        &s,
+        &g,
+        Namespace::Provider,
+        crate::collab::connected(&s, &g),
+    );
 }

@@ -1,9 +1,14 @@
 //! `/stat`: public counters, no credentials; new connections are rate-limited per client
-//! address.
+//! address. On connect a socket gets `stat:load` (the snapshot), then `stat:update` per
+//! version; see [`feed`].
+
+mod feed;
+
+pub(crate) use feed::relay;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use service_runtime::net::limit_key;
@@ -17,11 +22,14 @@ use crate::namespace::Namespace;
 /// Client addresses whose minute window is remembered before old windows are swept.
 const WINDOWS: usize = 100_000;
 
-/// New `/stat` connections per client address (IPv6: its /64) and minute.
+/// New `/stat` connections per client address (IPv6: its /64) and minute; and the counters
+/// feed those connections get.
 #[derive(Debug)]
 pub(crate) struct StatAdmission {
     per_minute: u32,
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// The snapshot this instance holds (kept by [`relay`]).
+    pub(crate) feed: Arc<feed::Feed>,
 }
 
 impl StatAdmission {
@@ -30,6 +38,7 @@ impl StatAdmission {
         Self {
             per_minute,
             windows: Mutex::default(),
+            feed: Arc::default(),
         }
     }
 
@@ -63,4 +72,6 @@ pub(crate) async fn handshake(s: SocketRef, State(g): Shared) -> Result<(), Refu
 
 pub(crate) async fn on_connect(s: SocketRef, State(g): Shared) {
     track(&s, &g, Namespace::Stat, || {});
+    let js = async_nats::jetstream::new(g.nats.clone());
+    g.stat.feed.welcome(&s, &js).await;
 }

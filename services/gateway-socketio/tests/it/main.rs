@@ -13,5 +13,6 @@ mod presence;
 mod prop_parsers;
 mod provider;
 mod serving;
+mod stat;
 mod subscriptions;
 mod widget;

@@ -23,11 +23,11 @@ use self::error::ApiError;
 use self::extract::ApiJson;
 use crate::config::DeliveryConfig;
 use crate::intake::PatternCache;
-use crate::pattern::Pattern;
 use crate::signing::{SigningKey, generate_secret};
 use crate::ssrf::AddressPolicy;
 use crate::store::{DeliveryStatus, NewSubscription, Redelivery, Store, SubscriptionPatch};
 use crate::worker::literal_ip;
+use events::pattern::Pattern;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -8,13 +8,13 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use events::EventType;
+use events::pattern::{Pattern, any_matches};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::json;
 use webhook_dispatcher::api::auth::Authenticator;
 use webhook_dispatcher::config::ApiConfig;
-use webhook_dispatcher::pattern::{Pattern, any_matches};
 use webhook_dispatcher::signing::{SigningKey, generate_secret, sign, verify_seed_header};
 use webhook_dispatcher::worker::{literal_ip, parse_retry_after};
 

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use events::pattern::Pattern;
 use sqlx::PgPool;
 use test_support::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use webhook_dispatcher::pattern::Pattern;
 use webhook_dispatcher::store::{
     Claimed, DeliveryStatus, LocalLoad, NewSubscription, Outcome, Store,
 };

@@ -1,15 +1,16 @@
 //! Subscription patterns: an exact type (`deal.status_changed`), a domain wildcard (`deal.*`)
 //! or everything (`*`).
 //!
-//! Patterns are parsed once, where they enter: in the API (a 422 naming the field) and where
-//! rows are read from the store (a decode error for the API; intake skips the subscription
-//! with an error log). Events are matched against parsed patterns only.
+//! The one matching implementation of the platform: webhook subscriptions
+//! (webhook-dispatcher) and counter definitions (stat-aggregator) both use it, so `deal.*`
+//! means the same everywhere. Patterns are parsed once, where they enter (an API body, a
+//! configuration file, a stored row); events are matched against parsed patterns only.
+//!
+//! With the `sqlx` feature a [`Pattern`] is also a PostgreSQL `TEXT` value (`TEXT[]` for a
+//! list): a stored value that does not parse is a decode error, never a pattern that silently
+//! matches nothing.
 
-use events::token::{TokenError, validate_token};
-use sqlx::encode::IsNull;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
-use sqlx::{Decode, Encode, Postgres, Type};
+use crate::token::{TokenError, validate_token};
 
 /// A parsed pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,43 +111,61 @@ impl serde::Serialize for Pattern {
     }
 }
 
+/// Reads the canonical spelling; anything else is an error naming what is wrong.
+impl<'de> serde::Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether any of `patterns` matches `event_type`.
 pub fn any_matches(patterns: &[Pattern], event_type: &str) -> bool {
     patterns.iter().any(|p| p.matches(event_type))
 }
 
-/// Stored as `TEXT` (`event_types TEXT[]`); a stored value that does not parse is a decode
-/// error, never a pattern that silently matches nothing.
-impl Type<Postgres> for Pattern {
-    fn type_info() -> PgTypeInfo {
-        <&str as Type<Postgres>>::type_info()
+#[cfg(feature = "sqlx")]
+mod postgres {
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+    use sqlx::{Decode, Encode, Postgres, Type};
+
+    use super::Pattern;
+
+    /// Stored as `TEXT` (`event_types TEXT[]`); a stored value that does not parse is a decode
+    /// error, never a pattern that silently matches nothing.
+    impl Type<Postgres> for Pattern {
+        fn type_info() -> PgTypeInfo {
+            <&str as Type<Postgres>>::type_info()
+        }
+
+        fn compatible(ty: &PgTypeInfo) -> bool {
+            <&str as Type<Postgres>>::compatible(ty)
+        }
     }
 
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <&str as Type<Postgres>>::compatible(ty)
-    }
-}
+    impl PgHasArrayType for Pattern {
+        fn array_type_info() -> PgTypeInfo {
+            <&str as PgHasArrayType>::array_type_info()
+        }
 
-impl PgHasArrayType for Pattern {
-    fn array_type_info() -> PgTypeInfo {
-        <&str as PgHasArrayType>::array_type_info()
+        fn array_compatible(ty: &PgTypeInfo) -> bool {
+            <&str as PgHasArrayType>::array_compatible(ty)
+        }
     }
 
-    fn array_compatible(ty: &PgTypeInfo) -> bool {
-        <&str as PgHasArrayType>::array_compatible(ty)
+    impl<'r> Decode<'r, Postgres> for Pattern {
+        fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+            let raw = <&str as Decode<Postgres>>::decode(value)?;
+            Ok(Self::parse(raw)?)
+        }
     }
-}
 
-impl<'r> Decode<'r, Postgres> for Pattern {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        let raw = <&str as Decode<Postgres>>::decode(value)?;
-        Ok(Self::parse(raw)?)
-    }
-}
-
-impl Encode<'_, Postgres> for Pattern {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        <String as Encode<Postgres>>::encode(self.to_string(), buf)
+    impl Encode<'_, Postgres> for Pattern {
+        fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+            <String as Encode<Postgres>>::encode(self.to_string(), buf)
+        }
     }
 }
 
@@ -208,6 +227,8 @@ mod tests {
             let p = Pattern::parse(raw).unwrap();
             assert_eq!(p.to_string(), raw);
             assert_eq!(serde_json::to_value(&p).unwrap(), raw);
+            assert_eq!(serde_json::from_value::<Pattern>(raw.into()).unwrap(), p);
         }
+        assert!(serde_json::from_value::<Pattern>("deal.status*".into()).is_err());
     }
 }
