@@ -72,9 +72,25 @@ impl Commands {
         Self { nats, slots }
     }
 
-    /// Sends `body` (JSON) to `subject` and returns the backend's JSON answer.
+    /// Sends `body` (JSON) to `subject` and returns the backend's JSON answer, holding one of
+    /// the instance-wide slots while it is in flight.
     pub(crate) async fn request(
         &self,
+        subject: &'static str,
+        body: &impl Serialize,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Value, CommandError> {
+        self.request_in(&self.slots, subject, body, max_bytes, timeout)
+            .await
+    }
+
+    /// [`Self::request`], holding one of `slots` instead of the instance-wide ones: for a kind
+    /// of request with its own in-flight bound (membership), which then neither starves nor is
+    /// starved by the others.
+    pub(crate) async fn request_in(
+        &self,
+        slots: &Semaphore,
         subject: &'static str,
         body: &impl Serialize,
         max_bytes: usize,
@@ -84,7 +100,7 @@ impl Commands {
         if body.len() > max_bytes {
             return Err(CommandError::TooLarge);
         }
-        let Ok(_slot) = self.slots.try_acquire() else {
+        let Ok(_slot) = slots.try_acquire() else {
             return Err(CommandError::Busy);
         };
         let request = self.nats.request(subject, body.into());

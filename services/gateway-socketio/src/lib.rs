@@ -183,8 +183,9 @@ pub async fn run(
         engine = engine.layer(cors);
     }
     let served = ctx.serve(listener, api.merge(engine)).await;
-    // The relays end on `shutdown`; the presence registry takes a few seconds to leave the
-    // cluster (delete and purge its keys). Whatever is still running then is aborted.
+    // The relays end on `shutdown`; the presence registry takes up to its SHUTDOWN_BUDGET to
+    // leave the cluster (queued last-seen values, its live key). Whatever is still running
+    // then is aborted.
     let _ = tokio::time::timeout(RELAYS_STOP, async {
         while relays.join_next().await.is_some() {}
     })
@@ -193,8 +194,11 @@ pub async fn run(
     served
 }
 
-/// How long the relays may take to end after the HTTP server stopped.
-const RELAYS_STOP: Duration = Duration::from_secs(3);
+/// How long the relays may take to end after the HTTP server stopped: the presence
+/// registry's budget to leave the cluster (it starts with the shutdown, so it usually ends
+/// before), and a margin.
+const RELAYS_STOP: Duration =
+    collab::registry::SHUTDOWN_BUDGET.saturating_add(Duration::from_millis(500));
 
 /// Registers the namespaces on `io`, each with its handshake (connect middleware).
 fn register(io: &SocketIo) {

@@ -7,6 +7,10 @@
 //!   the gateway knows no member list); ids that are not members are refused one by one;
 //! - without one, only `/admin` principals, when `presence.admin_query_any` (CRM staff seeing
 //!   colleagues).
+//!
+//! With `claim` membership the gateway cannot tell whether a named id is a member, so a
+//! channel does not widen what the caller may see: `/provider` is refused (`forbidden`), and
+//! `/admin` is answered as without a channel (`presence.admin_query_any`).
 
 use std::collections::HashSet;
 
@@ -20,7 +24,7 @@ use super::identity::{Kind, Participant};
 use super::membership::Access;
 use super::recipients::Recipients;
 use super::registry::{Activity, Update};
-use super::session::{CollabSession, lock};
+use super::session::{CollabSession, Seq, lock};
 use crate::ack::{Answer, WantsAck};
 use crate::gateway::{Gateway, Shared};
 use crate::namespace::Namespace;
@@ -97,33 +101,21 @@ async fn answer_query(
     if query.ids.len() > g.config.presence.max_query_ids {
         return Err(CollabError::Limit("presence.max_query_ids"));
     }
-    let (asked, refused): (Vec<Participant>, Vec<Participant>) = match &query.channel_id {
-        Some(channel) => {
-            let access = g
-                .collab
+    let access = match &query.channel_id {
+        Some(channel) => Some(
+            g.collab
                 .membership
                 .check(&g.commands, &session.principal, &session.who, channel)
-                .await?;
-            match access {
-                Access::Listed(members) if query.ids.is_empty() => {
-                    (members.participants().collect(), Vec::new())
-                }
-                Access::Listed(members) => {
-                    query.ids.participants().partition(|p| members.contains(p))
-                }
-                Access::Claimed if query.ids.is_empty() => {
-                    return Err(CollabError::Malformed(
-                        "name user_ids or profile_ids: the channel's members are not known (claim membership)",
-                    ));
-                }
-                Access::Claimed => (query.ids.participants().collect(), Vec::new()),
-            }
-        }
-        None if session.ns == Namespace::Admin && g.config.presence.admin_query_any => {
-            (query.ids.participants().collect(), Vec::new())
-        }
-        None => return Err(CollabError::NotMember),
+                .await?,
+        ),
+        None => None,
     };
+    let (asked, refused) = scope(
+        &query.ids,
+        access,
+        session.ns,
+        g.config.presence.admin_query_any,
+    )?;
     let asked = distinct(asked);
     // Watch first, then read: a change in between is pushed, never missed.
     let watched = watch(
@@ -153,6 +145,30 @@ async fn answer_query(
         })
         .collect();
     Ok(json!({"ok": true, "presence": presence, "refused": refused}))
+}
+
+/// Who of `ids` a query may see (and who it is refused), given the caller's `access` to the
+/// query's channel (`None`: no channel), its namespace and `presence.admin_query_any`.
+fn scope(
+    ids: &Recipients,
+    access: Option<Access>,
+    ns: Namespace,
+    admin_query_any: bool,
+) -> Result<(Vec<Participant>, Vec<Participant>), CollabError> {
+    let anyone = ns == Namespace::Admin && admin_query_any;
+    match access {
+        Some(Access::Listed(members)) if ids.is_empty() => {
+            Ok((members.participants().collect(), Vec::new()))
+        }
+        Some(Access::Listed(members)) => Ok(ids.participants().partition(|p| members.contains(p))),
+        Some(Access::Claimed) if ids.is_empty() => Err(CollabError::Malformed(
+            "name user_ids or profile_ids: the channel's members are not known (claim membership)",
+        )),
+        // The gateway cannot tell whether the ids are members: a claimed channel allows no more
+        // than no channel does.
+        Some(Access::Claimed) | None if anyone => Ok((ids.participants().collect(), Vec::new())),
+        Some(Access::Claimed) | None => Err(CollabError::NotMember),
+    }
 }
 
 /// `items` without repeats, in order.
@@ -205,10 +221,11 @@ pub(crate) async fn update(
     s: SocketRef,
     State(g): Shared,
     TryData(payload): TryData<Value>,
+    seq: Seq,
     wants_ack: WantsAck,
     ack: AckSender,
 ) {
-    let result = set_status(&s, &g, payload.ok());
+    let result = set_status(&s, &g, payload.ok(), seq);
     error::answer(
         &s,
         Answer::new(&s, ack, wants_ack),
@@ -217,16 +234,96 @@ pub(crate) async fn update(
     );
 }
 
-fn set_status(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Value, CollabError> {
+fn set_status(
+    s: &SocketRef,
+    g: &Gateway,
+    payload: Option<Value>,
+    seq: Seq,
+) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
     let SetStatus { status } = payload
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or(CollabError::Malformed(UPDATE_SHAPE))?;
     let registry = &g.collab.registry;
-    registry.set_status(&session.who, s.id, status);
+    {
+        // A later `presence:update` of the socket that already ran wins.
+        let mut last = lock(&session.status_seq);
+        if seq.0 <= *last {
+            return Ok(json!({"ok": true, "status": status}));
+        }
+        *last = seq.0;
+        registry.set_status(&session.who, s.id, status);
+    }
     // A status set while the socket was leaving would outlive it.
     if !s.connected() {
         registry.socket_disconnected(&session.who, s.id);
     }
     Ok(json!({"ok": true, "status": status}))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn ids(users: &[&str]) -> Recipients {
+        Recipients {
+            user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+            profile_ids: vec![],
+        }
+    }
+
+    fn names(p: &[Participant]) -> Vec<&str> {
+        p.iter().map(|p| &*p.id).collect()
+    }
+
+    #[test]
+    fn a_claimed_channel_widens_nothing() {
+        let named = ids(&["u-1", "u-2"]);
+        // /provider: a claimed channel does not let it name anyone.
+        for any in [true, false] {
+            assert_eq!(
+                scope(&named, Some(Access::Claimed), Namespace::Provider, any).err(),
+                Some(CollabError::NotMember)
+            );
+        }
+        // /admin: as without a channel.
+        let (asked, refused) =
+            scope(&named, Some(Access::Claimed), Namespace::Admin, true).unwrap();
+        assert_eq!((names(&asked), refused.len()), (vec!["u-1", "u-2"], 0));
+        assert_eq!(
+            scope(&named, Some(Access::Claimed), Namespace::Admin, false).err(),
+            Some(CollabError::NotMember)
+        );
+        assert_eq!(
+            scope(&named, None, Namespace::Admin, false).err(),
+            Some(CollabError::NotMember)
+        );
+        assert!(matches!(
+            scope(&ids(&[]), Some(Access::Claimed), Namespace::Admin, true),
+            Err(CollabError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_listed_channel_shows_its_members_only() {
+        let members = Arc::new(ids(&["u-1", "u-3"]));
+        let (asked, refused) = scope(
+            &ids(&["u-1", "u-2"]),
+            Some(Access::Listed(Arc::clone(&members))),
+            Namespace::Provider,
+            false,
+        )
+        .unwrap();
+        assert_eq!((names(&asked), names(&refused)), (vec!["u-1"], vec!["u-2"]));
+        let (asked, _) = scope(
+            &ids(&[]),
+            Some(Access::Listed(members)),
+            Namespace::Provider,
+            false,
+        )
+        .unwrap();
+        assert_eq!(names(&asked), ["u-1", "u-3"]);
+    }
 }

@@ -5,9 +5,16 @@
 //! The sender's instance checks membership and relays on `rt.gateway.typing`
 //! `{"op": "start" | "stop", "channel_id", "from": {"kind", "id"}, "to"?: {"user_ids",
 //! "profile_ids"}}` (`to`: the members the backend listed; absent with claim membership, when
-//! the channel's member room is the audience). A socket's `typing:start` for one channel is
-//! relayed at most once per `typing.renew_ms`; those in between are acked and absorbed. It
-//! relays `stop` on `typing:stop` and for every channel it was typing in when it leaves.
+//! the channel's member room is the audience). A participant's `typing:start` for one channel
+//! is relayed at most once per `typing.renew_ms` by this instance, whichever of its sockets
+//! sends it and whether or not a `typing:stop` came in between; those in between are acked and
+//! absorbed. A socket relays `stop` on `typing:stop` and for every channel it was typing in
+//! when it leaves. A message over `collab.max_push_bytes` (which every instance would skip) is
+//! not published: the event is refused (`limit`) and the error logged.
+//!
+//! A socket's events may finish in any order (`typing:start` waits for membership): each
+//! applies only when it came after the last one applied in that channel ([`Seq`]), and the
+//! relays leave in the order of the events.
 //!
 //! Every instance, the sender's included, delivers what it hears to its own sockets
 //! ([`relay`]) and times indicators out itself (`typing.timeout_ms` after the last relayed
@@ -16,7 +23,8 @@
 //! rooms its `user:typing` went to, whatever a later message names. A `stop` is only matched
 //! against an indicator shown here, so it carries no `to`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -35,7 +43,7 @@ use super::indicators::{Indicator, Key, Shown, Started};
 use super::membership::Access;
 use super::push::{Addressed, Bounds, Family};
 use super::recipients::Recipients;
-use super::session::{CollabSession, lock};
+use super::session::{CollabSession, Seq, lock};
 use crate::ack::{Answer, WantsAck};
 use crate::bus::subscribe;
 use crate::config::TypingConfig;
@@ -49,22 +57,32 @@ const MAX_INDICATORS: usize = 100_000;
 /// `user:typing:stop`); past it new indicators are dropped too.
 const MAX_INDICATOR_ROOMS: usize = 2_000_000;
 
+/// (participant, channel) whose last relayed start this instance remembers (for the
+/// `typing.renew_ms` throttle); past it, once those older than `typing.renew_ms` are dropped,
+/// new starts are absorbed (logged).
+const MAX_THROTTLED: usize = 100_000;
+
 const TYPING: &str = "user:typing";
 const TYPING_STOP: &str = "user:typing:stop";
 
-/// Typing on this instance: how often a socket's `typing:start` is relayed and how long an
-/// indicator lives without one.
+/// Typing on this instance: how often a participant's `typing:start` is relayed and how long
+/// an indicator lives without one.
 #[derive(Debug)]
 pub(crate) struct Typing {
     renew: Duration,
     timeout: Duration,
+    /// When a start of each (participant, channel) was last relayed by this instance.
+    relayed: Mutex<HashMap<Key, std::time::Instant>>,
+    max_throttled: usize,
 }
 
 impl Typing {
-    pub(crate) const fn new(config: &TypingConfig) -> Self {
+    pub(crate) fn new(config: &TypingConfig) -> Self {
         Self {
             renew: Duration::from_millis(config.renew_ms),
             timeout: Duration::from_millis(config.timeout_ms),
+            relayed: Mutex::default(),
+            max_throttled: MAX_THROTTLED,
         }
     }
 
@@ -88,30 +106,50 @@ impl Typing {
         let (g, who) = (Arc::clone(g), session.who.clone());
         runtime.spawn(async move {
             for channel in &channels {
-                publish(&g, Op::Stop, channel, &who, None).await;
+                // A stop carries no `to`: never over the size bound.
+                let _ = publish(&g, Op::Stop, channel, &who, None).await;
             }
         });
     }
 
-    /// Whether this `typing:start` of `session` in `channel` is to be relayed: not when its
-    /// last relayed one there is younger than `typing.renew_ms` (absorbed). Records it when
-    /// relayed. The socket's map only holds channels whose indicator is still alive
-    /// somewhere: it is bounded by the socket's event budget over `typing.timeout_ms`.
+    /// Whether this `typing:start` of `session` in `channel` is to be relayed: not when a start
+    /// of its participant there was relayed by this instance less than `typing.renew_ms` ago
+    /// (absorbed), from any of its sockets, stopped since or not. Records it in the socket's
+    /// map (for its `typing:stop` and its leaving) either way, and as relayed when it is. The
+    /// socket's map only holds channels whose indicator may still be alive somewhere: it is
+    /// bounded by the socket's event budget over `typing.timeout_ms`.
     fn relays_start(&self, session: &CollabSession, channel: &ChannelId) -> bool {
         let now = std::time::Instant::now();
-        let mut typing = lock(&session.typing);
-        match typing.get_mut(channel) {
-            Some(relayed) if now.duration_since(*relayed) < self.renew => false,
-            Some(relayed) => {
-                *relayed = now;
-                true
+        {
+            let mut typing = lock(&session.typing);
+            if !typing.contains_key(channel) {
+                typing.retain(|_, at| !self.lapsed(*at, now));
             }
-            None => {
-                typing.retain(|_, relayed| !self.lapsed(*relayed, now));
-                typing.insert(channel.clone(), now);
-                true
+            typing.insert(channel.clone(), now);
+        }
+        self.throttle((channel.clone(), session.who.clone()), now)
+    }
+
+    /// Whether a start of `key` at `now` is relayed (recorded when it is).
+    fn throttle(&self, key: Key, now: std::time::Instant) -> bool {
+        let mut relayed = lock(&self.relayed);
+        if let Some(at) = relayed.get_mut(&key) {
+            if now.duration_since(*at) < self.renew {
+                return false;
+            }
+            *at = now;
+            return true;
+        }
+        if relayed.len() >= self.max_throttled {
+            relayed.retain(|_, at| now.duration_since(*at) < self.renew);
+            if relayed.len() >= self.max_throttled {
+                metrics::counter!("socketio_typing_indicators_dropped_total").increment(1);
+                tracing::warn!(channel = %key.0, from = %key.1, "too many participants typing; a start absorbed");
+                return false;
             }
         }
+        relayed.insert(key, now);
+        true
     }
 
     /// Whether an indicator relayed at `relayed` has timed out everywhere by `now`.
@@ -125,10 +163,11 @@ pub(crate) async fn start(
     s: SocketRef,
     State(g): Shared,
     TryData(payload): TryData<Value>,
+    seq: Seq,
     wants_ack: WantsAck,
     ack: AckSender,
 ) {
-    let result = start_typing(&s, &g, payload).await;
+    let result = start_typing(&s, &g, payload, seq).await;
     answer(&s, Answer::new(&s, ack, wants_ack), "typing:start", result);
 }
 
@@ -136,6 +175,7 @@ async fn start_typing(
     s: &SocketRef,
     g: &Gateway,
     payload: Result<Value, ParserError>,
+    seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
     let channel = channel_of(payload)?;
@@ -144,13 +184,24 @@ async fn start_typing(
         .membership
         .check(&g.commands, &session.principal, &session.who, &channel)
         .await?;
+    let mut order = session.typing_order.lock().await;
+    if !order.admit(&channel, seq) {
+        // A later `typing:stop` (or start) of the socket in this channel already applied.
+        return Ok(json!({"ok": true}));
+    }
     if g.collab.typing.relays_start(&session, &channel) {
         let to = match &access {
             Access::Listed(members) => Some(&**members),
             Access::Claimed => None,
         };
-        publish(g, Op::Start, &channel, &session.who, to).await;
+        publish(g, Op::Start, &channel, &session.who, to).await?;
     }
+    // The socket left while membership was asked, after its stops were relayed: this start
+    // must not outlive it.
+    if !s.connected() && lock(&session.typing).remove(&channel).is_some() {
+        publish(g, Op::Stop, &channel, &session.who, None).await?;
+    }
+    drop(order);
     Ok(json!({"ok": true}))
 }
 
@@ -159,10 +210,11 @@ pub(crate) async fn stop(
     s: SocketRef,
     State(g): Shared,
     TryData(payload): TryData<Value>,
+    seq: Seq,
     wants_ack: WantsAck,
     ack: AckSender,
 ) {
-    let result = stop_typing(&s, &g, payload).await;
+    let result = stop_typing(&s, &g, payload, seq).await;
     answer(&s, Answer::new(&s, ack, wants_ack), "typing:stop", result);
 }
 
@@ -170,13 +222,21 @@ async fn stop_typing(
     s: &SocketRef,
     g: &Gateway,
     payload: Result<Value, ParserError>,
+    seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
     let channel = channel_of(payload)?;
+    let mut order = session.typing_order.lock().await;
+    // Recorded even when the socket is not typing there (yet): an older `typing:start` still
+    // waiting for membership must not relay after this.
+    if !order.admit(&channel, seq) {
+        return Ok(json!({"ok": true}));
+    }
     let was_typing = lock(&session.typing).remove(&channel).is_some();
     if was_typing {
-        publish(g, Op::Stop, &channel, &session.who, None).await;
+        publish(g, Op::Stop, &channel, &session.who, None).await?;
     }
+    drop(order);
     Ok(json!({"ok": true}))
 }
 
@@ -248,15 +308,17 @@ impl Addressed for Incoming {
     }
 }
 
-/// Relays `op` of `from` in `channel` to every instance. A failure is logged: typing is
-/// ephemeral, the next start (or the timeout) repairs it.
+/// Relays `op` of `from` in `channel` to every instance. A message over
+/// `collab.max_push_bytes`, which every instance would skip, is not sent (an error, logged).
+/// A failure to publish is logged: typing is ephemeral, the next start (or the timeout)
+/// repairs it.
 async fn publish(
     g: &Gateway,
     op: Op,
     channel: &ChannelId,
     from: &Participant,
     to: Option<&Recipients>,
-) {
+) -> Result<(), CollabError> {
     let message = Outgoing {
         op,
         channel_id: channel,
@@ -270,9 +332,18 @@ async fn publish(
         Ok(body) => body,
         Err(e) => {
             tracing::warn!(error = %e, "typing message not serialised");
-            return;
+            return Ok(());
         }
     };
+    if body.len() > g.config.collab.max_push_bytes {
+        tracing::error!(
+            %channel,
+            bytes = body.len(),
+            limit = g.config.collab.max_push_bytes,
+            "typing message over collab.max_push_bytes; not relayed"
+        );
+        return Err(CollabError::Limit("collab.max_push_bytes"));
+    }
     if let Err(e) = g
         .nats
         .publish(events::subject::GATEWAY_TYPING, body.into())
@@ -280,6 +351,7 @@ async fn publish(
     {
         tracing::warn!(error = %e, "typing message not published");
     }
+    Ok(())
 }
 
 /// Typing between instances, until `shutdown`: what `rt.gateway.typing` says, delivered to
@@ -408,6 +480,36 @@ mod tests {
         let wire = serde_json::to_value(&stop).unwrap();
         assert!(wire.get("to").is_none(), "{wire}");
         assert!(serde_json::from_value::<Incoming>(json!({"op": "pause"})).is_err());
+    }
+
+    #[test]
+    fn starts_are_throttled_per_participant_and_channel_and_bounded() {
+        let config = TypingConfig {
+            renew_ms: 1000,
+            ..TypingConfig::default()
+        };
+        let mut typing = Typing::new(&config);
+        typing.max_throttled = 2;
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(typing.throttle(key("c1", "u-1"), t0));
+        assert!(
+            !typing.throttle(key("c1", "u-1"), ms(999)),
+            "within renew_ms"
+        );
+        assert!(typing.throttle(key("c1", "u-1"), ms(1000)));
+        assert!(
+            typing.throttle(key("c2", "u-1"), ms(1000)),
+            "another channel"
+        );
+        assert!(
+            !typing.throttle(key("c3", "u-1"), ms(1000)),
+            "full of live entries"
+        );
+        assert!(
+            typing.throttle(key("c3", "u-1"), ms(2000)),
+            "the old ones dropped"
+        );
     }
 
     #[test]

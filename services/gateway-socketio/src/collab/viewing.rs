@@ -1,6 +1,10 @@
 //! `channel:viewing` / `channel:left` (`/admin`): which chat channels a socket shows. A
 //! viewing socket is in the channel's view room (`chat_message` reaches it) and counts, in the
 //! cluster-wide registry, as its participant viewing the channel (no `chatNotification`).
+//!
+//! A socket's events may finish in any order (`channel:viewing` waits for membership): each
+//! change applies only when its event came after the last one applied to that channel
+//! ([`Seq`]); an older one is acked and does nothing.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -8,7 +12,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
 use super::channel::ChannelId;
 use super::error::{self, CollabError};
-use super::session::{CollabSession, lock};
+use super::session::{CollabSession, Seq, lock};
 use crate::ack::{Answer, WantsAck};
 use crate::gateway::{Gateway, Shared};
 
@@ -32,15 +36,21 @@ pub(crate) async fn viewing(
     s: SocketRef,
     State(g): Shared,
     TryData(payload): TryData<Value>,
+    seq: Seq,
     wants_ack: WantsAck,
     ack: AckSender,
 ) {
     let answer = Answer::new(&s, ack, wants_ack);
-    let result = start(&s, &g, payload.ok()).await;
+    let result = start(&s, &g, payload.ok(), seq).await;
     error::answer(&s, answer, "channel:viewing", result);
 }
 
-async fn start(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Value, CollabError> {
+async fn start(
+    s: &SocketRef,
+    g: &Gateway,
+    payload: Option<Value>,
+    seq: Seq,
+) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
     let channel = channel_of(payload)?;
     g.collab
@@ -51,12 +61,17 @@ async fn start(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Val
         // The session's set, the room and the registry change together, so a concurrent
         // `channel:left` cannot leave them disagreeing.
         let mut viewing = lock(&session.viewing);
-        if !viewing.contains(&channel) {
-            if viewing.len() >= g.config.collab.max_viewing_per_socket {
+        if !viewing.order.newer(&channel, seq) {
+            // A later event of the socket already changed this channel.
+            return Ok(json!({"ok": true, "channel_id": channel}));
+        }
+        if !viewing.channels.contains(&channel) {
+            if viewing.channels.len() >= g.config.collab.max_viewing_per_socket {
                 return Err(CollabError::Limit("collab.max_viewing_per_socket"));
             }
-            viewing.insert(channel.clone());
+            viewing.channels.insert(channel.clone());
         }
+        viewing.order.record(&channel, seq);
         super::presence::join(s, vec![channel.view_room()]);
         g.collab
             .registry
@@ -75,18 +90,26 @@ pub(crate) async fn left(
     s: SocketRef,
     State(g): Shared,
     TryData(payload): TryData<Value>,
+    seq: Seq,
     wants_ack: WantsAck,
     ack: AckSender,
 ) {
-    let result = stop(&s, &g, payload.ok());
+    let result = stop(&s, &g, payload.ok(), seq);
     error::answer(&s, Answer::new(&s, ack, wants_ack), "channel:left", result);
 }
 
-fn stop(s: &SocketRef, g: &Gateway, payload: Option<Value>) -> Result<Value, CollabError> {
+fn stop(
+    s: &SocketRef,
+    g: &Gateway,
+    payload: Option<Value>,
+    seq: Seq,
+) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
     let channel = channel_of(payload)?;
     let mut viewing = lock(&session.viewing);
-    if viewing.remove(&channel) {
+    // Recorded even when the socket does not view the channel (yet): an older
+    // `channel:viewing` still waiting for membership must not apply after this.
+    if viewing.order.admit(&channel, seq) && viewing.channels.remove(&channel) {
         s.leave(channel.view_room());
         g.collab
             .registry

@@ -20,11 +20,49 @@ use crate::common::*;
 fn typing_env() -> Vec<(&'static str, String)> {
     vec![
         ("TYPING__TIMEOUT_MS", TYPING_TIMEOUT.as_millis().to_string()),
-        ("TYPING__RENEW_MS", "100".to_owned()),
+        ("TYPING__RENEW_MS", TYPING_RENEW.as_millis().to_string()),
     ]
 }
 
 const TYPING_TIMEOUT: Duration = Duration::from_millis(1500);
+const TYPING_RENEW: Duration = Duration::from_millis(100);
+
+/// Subscribes to `rt.gateway.typing` (in place on the server when it returns); keep the
+/// client as long as the subscription.
+async fn typing_relay(nats: &NatsServer) -> (async_nats::Client, async_nats::Subscriber) {
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let sub = nc.subscribe(events::subject::GATEWAY_TYPING).await.unwrap();
+    nats_sync(&nc).await;
+    (nc, sub)
+}
+
+/// The ops of `from`'s `rt.gateway.typing` messages in `channel` read from `sub`, until `stops`
+/// stops of theirs were read. The gateway publishes on one connection, so everything it
+/// relayed before those stops has been read too.
+async fn relayed_ops(
+    sub: &mut async_nats::Subscriber,
+    channel: &str,
+    from: &str,
+    stops: usize,
+) -> Vec<String> {
+    let mut ops = Vec::new();
+    while ops.iter().filter(|op| *op == "stop").count() < stops {
+        let message = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no typing stop of {from} in {channel}: {ops:?}"))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&message.payload).unwrap();
+        if v["channel_id"] == channel && v["from"]["id"] == from {
+            ops.push(v["op"].as_str().unwrap().to_owned());
+        }
+    }
+    ops
+}
+
+/// At most how many starts `typing.renew_ms` lets through in `elapsed`.
+fn allowed_starts(elapsed: Duration, renew: Duration) -> usize {
+    elapsed.as_millis().div_ceil(renew.as_millis()) as usize + 1
+}
 
 /// Connects `name` to `/admin` of `gw` as user `sub`.
 async fn admin_as(d: &Driver, name: &str, gw: &Gateway, sub: &str) {
@@ -180,13 +218,17 @@ async fn typing_reaches_the_other_members_on_every_instance_and_ends() {
     );
     d.next_pushed("u3", "user:typing:stop", |v| *v == u1).await;
 
-    // Renewals within typing.renew_ms are acked and absorbed; typing:stop ends it at once.
+    // Renewals within typing.renew_ms are acked and absorbed (not relayed between
+    // instances); typing:stop ends it at once.
+    let (_relay, mut relayed) = typing_relay(&nats).await;
+    let renewing = Instant::now();
     for _ in 0..3 {
         let ack = d
             .emit_ack("u1", "typing:start", json!([{"channel_id": "c1"}]))
             .await;
         assert_eq!(ack, json!({"ok": true}));
     }
+    let renewed_in = renewing.elapsed();
     let shown = d.next_pushed("u2", "user:typing", |v| *v == u1).await;
     let ack = d
         .emit_ack("u1", "typing:stop", json!([{"channel_id": "c1"}]))
@@ -197,10 +239,11 @@ async fn typing_reaches_the_other_members_on_every_instance_and_ends() {
         stop.at.duration_since(shown.at) < TYPING_TIMEOUT,
         "typing:stop, not the timeout"
     );
-    assert_eq!(
-        d.count("u2", "user:typing", |v| *v == u1),
-        2,
-        "renewals are not shown again"
+    let ops = relayed_ops(&mut relayed, "c1", "u-1", 1).await;
+    let starts = ops.iter().filter(|op| *op == "start").count();
+    assert!(
+        (1..=allowed_starts(renewed_in, TYPING_RENEW)).contains(&starts),
+        "{starts} of 3 starts in {renewed_in:?} relayed: {ops:?}"
     );
 
     // Nothing of u-1's typing reached any of its own sockets, on either instance: the marker
@@ -214,7 +257,9 @@ async fn typing_reaches_the_other_members_on_every_instance_and_ends() {
         assert_eq!(d.count(conn, "user:typing:stop", from_u1), 0, "{conn}");
     }
 
-    // A socket that leaves while typing stops typing.
+    // A socket that leaves while typing stops typing. (Its participant's last start here was
+    // relayed above: one more is relayed once typing.renew_ms passed, stop or not.)
+    tokio::time::sleep(TYPING_RENEW).await;
     d.emit_ack("u1", "typing:start", json!([{"channel_id": "c1"}]))
         .await;
     let shown = d.next_pushed("u2", "user:typing", |v| *v == u1).await;
@@ -232,6 +277,120 @@ async fn typing_reaches_the_other_members_on_every_instance_and_ends() {
             .await;
         assert_eq!(d.count(conn, "user:typing:stop", from_u1), 0, "{conn}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_start_and_stop_relays_one_start_per_renewal() {
+    let renew = Duration::from_millis(1000);
+    let (nats, _db, gw) = admin_gateway(&[
+        ("TYPING__RENEW_MS", renew.as_millis().to_string()),
+        ("TYPING__TIMEOUT_MS", "6000".to_owned()),
+    ])
+    .await;
+    let backend = ChatBackend::start(&nats).await;
+    backend.channel("c1", &["u-1", "u-2"], &[]);
+    let d = Driver::start().await;
+    admin_as(&d, "u1", &gw, "u-1").await;
+    admin_as(&d, "u1-tab", &gw, "u-1").await;
+    let (_relay, mut relayed) = typing_relay(&nats).await;
+    let c1 = json!([{"channel_id": "c1"}]);
+    let started = Instant::now();
+    for i in 0..10 {
+        // Both tabs of the participant, in turn: the throttle is the participant's.
+        let conn = if i % 2 == 0 { "u1" } else { "u1-tab" };
+        assert_eq!(
+            d.emit_ack(conn, "typing:start", c1.clone()).await,
+            json!({"ok": true})
+        );
+        assert_eq!(
+            d.emit_ack(conn, "typing:stop", c1.clone()).await,
+            json!({"ok": true})
+        );
+    }
+    let elapsed = started.elapsed();
+    let ops = relayed_ops(&mut relayed, "c1", "u-1", 10).await;
+    let starts = ops.iter().filter(|op| *op == "start").count();
+    assert!(
+        (1..=allowed_starts(elapsed, renew)).contains(&starts),
+        "{starts} starts relayed in {elapsed:?}: {ops:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_viewing_does_not_undo_a_later_left() {
+    let (nats, _db, gw) = admin_gateway(&[]).await;
+    let backend = ChatBackend::start(&nats).await;
+    backend.channel("slow", &["u-1"], &[]);
+    let d = Driver::start().await;
+    admin_as(&d, "viewer", &gw, "u-1").await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    push_until(
+        &d,
+        &nc,
+        "rt.chat.alert",
+        "viewer",
+        "chat_alert",
+        |n| json!({"to": {"user_ids": ["u-1"]}, "data": {"warm": n}}),
+    )
+    .await;
+
+    // channel:viewing waits for membership (not cached, a slow backend); channel:left, sent
+    // right after it, does not.
+    backend.delay(Duration::from_millis(500));
+    let slow = json!([{"channel_id": "slow"}]);
+    let (viewing, left) = tokio::join!(
+        d.emit_ack("viewer", "channel:viewing", slow.clone()),
+        d.emit_ack("viewer", "channel:left", slow.clone()),
+    );
+    assert_eq!(viewing, json!({"ok": true, "channel_id": "slow"}));
+    assert_eq!(left, json!({"ok": true, "channel_id": "slow"}));
+    assert_eq!(backend.requests(), 1, "membership was asked");
+
+    // The socket does not view it: a message notifies it, and chat_message (emitted before
+    // the notification, to the same socket) did not come.
+    let data = json!({"id": "m-1", "channel_id": "slow"});
+    let message =
+        json!({"channel_id": "slow", "participants": {"user_ids": ["u-1"]}, "data": data});
+    nc.publish("rt.chat.message", message.to_string().into())
+        .await
+        .unwrap();
+    d.assert_no_event(
+        "viewer",
+        "chat_message",
+        |_| true,
+        "chatNotification",
+        |v| *v == data,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_channel_share_one_request() {
+    let (nats, _db, gw) = admin_gateway(&[]).await;
+    let backend = ChatBackend::start(&nats).await;
+    backend.channel("c1", &["u-1"], &[]);
+    backend.delay(Duration::from_millis(300));
+    let d = Driver::start().await;
+    admin_as(&d, "u1", &gw, "u-1").await;
+    let c1 = json!([{"channel_id": "c1"}]);
+    let acks = futures_util::future::join_all(
+        (0..20).map(|_| d.emit_ack("u1", "typing:start", c1.clone())),
+    )
+    .await;
+    assert!(acks.iter().all(|a| *a == json!({"ok": true})), "{acks:?}");
+    assert_eq!(backend.requests(), 1);
+
+    // A refusal is cached too (apart from member lists): asked once.
+    let nope = json!([{"channel_id": "nope"}]);
+    let acks = futures_util::future::join_all(
+        (0..5).map(|_| d.emit_ack("u1", "typing:start", nope.clone())),
+    )
+    .await;
+    for ack in &acks {
+        assert_refused(ack, "forbidden");
+    }
+    assert_refused(&d.emit_ack("u1", "typing:start", nope).await, "forbidden");
+    assert_eq!(backend.requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! | `i.<instance>.live` | `{"at"}` | the instance, every `presence.heartbeat_ms` |
 //! | `i.<instance>.p.<kind>.<b64id>` | `{"status": "online" \| "away"}` | the instance, while the participant has sockets there (and for the grace after) |
 //! | `i.<instance>.v.<channel>.<kind>.<b64id>` | `{}` | the instance, while a socket of the participant there views the channel |
-//! | `seen.<kind>.<b64id>` | `{"at"}` | the instance whose removal took the participant offline |
+//! | `seen.<kind>.<b64id>` | `{"at"}` | the instance whose removal took the participant offline (the reaper for a dead or departed instance) |
 
 use std::sync::Arc;
 

@@ -2,7 +2,6 @@
 //! heartbeat, following the watch (bucket → replica → `presence:update`), and leaving the
 //! cluster on shutdown.
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::keys::{self, Millis, PresenceValue};
+use super::keys::{self, PresenceValue};
 use super::local::Op;
 use super::replica::{Applied, Change, Changes, Replica, Swept};
 use super::{Activity, Registry, lock};
@@ -27,12 +26,13 @@ const CONCURRENCY: usize = 32;
 /// Retry delays of the writer and of (re)opening the bucket or its watch.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Leaving the cluster on shutdown: everything, and waiting for our own live key's deletion
-/// to come back (its time is the departure every instance uses).
-const LEAVE_BUDGET: Duration = Duration::from_millis(2500);
-const ECHO_WAIT: Duration = Duration::from_secs(1);
+/// Leaving the cluster on shutdown: the last-seen values and purges still queued, then the
+/// live key. With [`STOP_WAIT`], within [`super::SHUTDOWN_BUDGET`].
+const LEAVE_BUDGET: Duration = Duration::from_millis(1500);
 /// How long the writer and the heartbeat may take to finish what they are doing on shutdown.
 const STOP_WAIT: Duration = Duration::from_millis(500);
+const _: () =
+    assert!(STOP_WAIT.as_millis() + LEAVE_BUDGET.as_millis() <= super::SHUTDOWN_BUDGET.as_millis());
 
 /// Why a write to the bucket failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +62,14 @@ pub(super) async fn run(
     let stop = CancellationToken::new();
     let mut writer = tokio::spawn(write_loop(Arc::clone(&r), store.clone(), stop.clone()));
     let mut beats = tokio::spawn(heartbeat_loop(Arc::clone(&r), store.clone(), stop.clone()));
-    let watch = follow(&r, &io, &js, &store, &ready, &shutdown).await;
+    follow(&r, &io, &js, &store, &ready, &shutdown).await;
     stop.cancel();
     for task in [&mut writer, &mut beats] {
         if tokio::time::timeout(STOP_WAIT, &mut *task).await.is_err() {
             task.abort();
         }
     }
-    leave(&r, &store, watch).await;
+    leave(&r, &store).await;
 }
 
 /// The bucket, created when missing (two instances starting together may both try: the
@@ -123,7 +123,7 @@ async fn get_or_create(
     }
 }
 
-/// Follows the whole bucket until `shutdown`; returns the watch then (for [`leave`]). Each
+/// Follows the whole bucket until `shutdown`. Each
 /// (re)load builds a fresh replica from the last value of every key and swaps it in once
 /// the history is delivered; `ready` is set after the first. A watch that fails is created
 /// again and the bucket reloaded (the ordered consumer under it already survives NATS
@@ -135,11 +135,11 @@ async fn follow(
     store: &kv::Store,
     ready: &ReadyFlag,
     shutdown: &CancellationToken,
-) -> Option<kv::Watch> {
+) {
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     loop {
         let watch = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return,
             w = store.watch_with_history(">") => w,
         };
         match watch {
@@ -150,7 +150,7 @@ async fn follow(
                 let mut loading = Some(Replica::default());
                 loop {
                     let next = tokio::select! {
-                        () = shutdown.cancelled() => return Some(watch),
+                        () = shutdown.cancelled() => return,
                         next = watch.next() => next,
                     };
                     let entry = match next {
@@ -188,7 +188,7 @@ async fn follow(
             }
         }
         if !backoff.wait(shutdown).await {
-            return None;
+            return;
         }
     }
 }
@@ -203,24 +203,25 @@ fn change_of(entry: &kv::Entry) -> Change<'_> {
     }
 }
 
-/// A fresh replica is loaded: swaps it in, tells watchers what changed meanwhile, drops the
-/// dead, and writes again what the bucket lost of this instance.
-async fn loaded(r: &Registry, io: &SocketIo, fresh: Replica) {
-    let (mut changes, swept, own, instances) = {
+/// A fresh replica is loaded: drops the dead in it (the reaper queues the purge of every
+/// dead instance the bucket still holds), swaps it in, tells watchers what changed meanwhile
+/// (after the sweep: a dead instance's participants do not flap), and writes again what the
+/// bucket lost of this instance.
+async fn loaded(r: &Registry, io: &SocketIo, mut fresh: Replica) {
+    let now = fresh.latest();
+    let swept = fresh.sweep(&r.instance, now, r.ttl_ms, r.grace_ms);
+    let (changes, own, instances) = {
         let mut replica = lock(&r.replica);
         let old = std::mem::replace(&mut *replica, fresh);
-        let changes = replica.diff(&old);
-        let now = replica.latest();
-        let swept = replica.sweep(&r.instance, now, r.ttl_ms);
         (
-            changes,
-            swept,
+            replica.diff(&old),
             replica.own(&r.instance),
             replica.instances(),
         )
     };
     tracing::info!(instances, "presence state loaded");
-    changes.extend(reap(r, swept));
+    // The sweep's own changes are relative to the fresh replica before it: the diff has them.
+    drop(reap(r, swept));
     if lock(&r.local).republish(Some(&own)) {
         r.wake.notify_one();
     }
@@ -245,7 +246,7 @@ async fn handle(r: &Registry, io: &SocketIo, applied: Applied) {
                 r.wake.notify_one();
             }
         }
-        let swept = lock(&r.replica).sweep(&r.instance, now, r.ttl_ms);
+        let swept = lock(&r.replica).sweep(&r.instance, now, r.ttl_ms, r.grace_ms);
         changes.extend(reap(r, swept));
     }
     if own_removed.is_some() {
@@ -280,7 +281,7 @@ fn reap(r: &Registry, swept: Swept) -> Changes {
             for who in d.offline {
                 local.seen_due(who, d.departed);
             }
-            local.reap_due(d.instance, d.bound, true);
+            local.reap_due(d.instance, d.bound, d.tombstone);
         }
         for (instance, bound) in expired {
             local.reap_due(instance, bound, false);
@@ -325,7 +326,10 @@ async fn write_loop(r: Arc<Registry>, store: kv::Store, stop: CancellationToken)
         let (ops, deadline) = {
             let mut local = lock(&r.local);
             local.expire(std::time::Instant::now());
-            (local.take(BATCH), local.next_deadline())
+            (
+                local.take(BATCH, std::time::Instant::now()),
+                local.next_deadline(),
+            )
         };
         if ops.is_empty() {
             let grace_ends = async {
@@ -463,45 +467,31 @@ async fn heartbeat_loop(r: Arc<Registry>, store: kv::Store, stop: CancellationTo
     }
 }
 
-/// Leaves the cluster, within [`LEAVE_BUDGET`]: deletes the live key first (every instance
-/// drops this one at once), writes the last-seen of the participants that took offline, and
-/// purges every key of this instance.
-async fn leave(r: &Registry, store: &kv::Store, watch: Option<kv::Watch>) {
+/// Leaves the cluster, within [`LEAVE_BUDGET`]: writes the last-seen values and purges still
+/// queued (they are nobody else's), then deletes the live key. Every other instance keeps
+/// this one's participants for `presence.grace_ms` after that deletion, so those
+/// reconnecting elsewhere meanwhile do not go offline; the reaper then writes the last-seen
+/// of those that did and purges this instance's keys.
+async fn leave(r: &Registry, store: &kv::Store) {
     let deadline = Instant::now() + LEAVE_BUDGET;
-    let me = &*r.instance;
-    if let Err(e) = bounded(deadline, delete(store, keys::live(me))).await {
-        tracing::warn!(error = %e, "presence live key not deleted");
-    }
-    let mut departed: Millis = keys::millis(OffsetDateTime::now_utc());
-    if let Some(watch) = watch {
-        let mut watch = pin!(watch);
-        let echo = deadline.min(Instant::now() + ECHO_WAIT);
-        while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(echo, watch.next()).await {
-            let applied = lock(&r.replica).apply(me, &change_of(&entry), r.ttl_ms);
-            if let Some(at) = applied.own_removed {
-                departed = at;
-                break;
-            }
-        }
-    }
-    let offline: Vec<_> = {
-        let published = lock(&r.local).published();
-        let mut replica = lock(&r.replica);
-        replica.forget(me, departed);
-        published
-            .into_iter()
-            .filter(|p| replica.presence(p).status == super::Status::Offline)
-            .collect()
-    };
-    if let Err(e) = bounded(deadline, purge(store, me, None)).await {
-        tracing::warn!(error = %e, "presence keys not purged");
-    }
-    let seen = futures_stream::iter(offline)
-        .map(|who| put(store, keys::seen(&who), keys::at_value(departed)))
+    let ops = lock(&r.local).take_queued();
+    let results: Vec<(Op, Result<(), WriteError>)> = futures_stream::iter(ops)
+        .map(|op| async move {
+            let result = bounded(deadline, write(r, store, &op)).await;
+            (op, result)
+        })
         .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>();
-    if tokio::time::timeout_at(deadline, seen).await.is_err() {
-        tracing::warn!("last-seen values not all written before the shutdown budget");
+        .collect()
+        .await;
+    let failed = results.iter().filter(|(_, result)| result.is_err()).count();
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "presence last-seen values or purges not written before the shutdown budget"
+        );
+    }
+    if let Err(e) = bounded(deadline, delete(store, keys::live(&r.instance))).await {
+        tracing::warn!(error = %e, "presence live key not deleted");
     }
     tracing::info!("left the presence cluster");
 }

@@ -47,9 +47,14 @@ pub(super) enum Op {
 }
 
 /// What the bucket should hold, beside what it holds, for one participant on this instance.
+/// Every event costs O(1) (O(channels of the socket) when it leaves).
 #[derive(Debug)]
 struct Here {
-    sockets: Vec<SocketHere>,
+    sockets: HashMap<Sid, SocketHere>,
+    /// Sockets saying online.
+    online: usize,
+    /// Channels viewed, with how many sockets view each.
+    views: HashMap<ChannelId, usize>,
     /// Set when the last socket left: the presence key stays until then.
     grace_until: Option<Instant>,
     /// The aggregate of the sockets, kept through the grace.
@@ -57,47 +62,105 @@ struct Here {
     /// The presence value in the bucket, as last written.
     published: Option<Activity>,
     /// The channels whose viewing key is in the bucket, as last written.
-    published_views: Vec<ChannelId>,
+    published_views: HashSet<ChannelId>,
+    /// When the writer last took writes of this participant (none before the next is due).
+    written_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct SocketHere {
-    sid: Sid,
     activity: Activity,
+    /// Bounded by `collab.max_viewing_per_socket`.
     viewing: Vec<ChannelId>,
 }
 
 impl Here {
-    const fn new() -> Self {
+    fn new() -> Self {
         Self {
-            sockets: Vec::new(),
+            sockets: HashMap::new(),
+            online: 0,
+            views: HashMap::new(),
             grace_until: None,
             activity: Activity::Online,
             published: None,
-            published_views: Vec::new(),
+            published_views: HashSet::new(),
+            written_at: None,
         }
     }
 
+    /// Socket `sid`, added (online, viewing nothing) when new.
     fn socket(&mut self, sid: Sid) -> &mut SocketHere {
-        let at = match self.sockets.iter().position(|s| s.sid == sid) {
-            Some(at) => at,
-            None => {
-                self.sockets.push(SocketHere {
-                    sid,
+        self.grace_until = None;
+        match self.sockets.entry(sid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.online += 1;
+                e.insert(SocketHere {
                     activity: Activity::Online,
                     viewing: Vec::new(),
-                });
-                self.sockets.len() - 1
+                })
             }
+        }
+    }
+
+    fn set_activity(&mut self, sid: Sid, activity: Activity) {
+        let socket = self.socket(sid);
+        let before = std::mem::replace(&mut socket.activity, activity);
+        match (before, activity) {
+            (Activity::Away, Activity::Online) => self.online += 1,
+            (Activity::Online, Activity::Away) => self.online -= 1,
+            _ => {}
+        }
+        self.aggregate();
+    }
+
+    fn view(&mut self, sid: Sid, channel: &ChannelId) {
+        let socket = self.socket(sid);
+        if !socket.viewing.contains(channel) {
+            socket.viewing.push(channel.clone());
+            *self.views.entry(channel.clone()).or_default() += 1;
+        }
+    }
+
+    fn unview(&mut self, sid: Sid, channel: &ChannelId) {
+        let Some(socket) = self.sockets.get_mut(&sid) else {
+            return;
         };
-        self.grace_until = None;
-        &mut self.sockets[at]
+        let Some(at) = socket.viewing.iter().position(|c| c == channel) else {
+            return;
+        };
+        socket.viewing.swap_remove(at);
+        self.unviewed(channel);
+    }
+
+    fn unviewed(&mut self, channel: &ChannelId) {
+        if let Entry::Occupied(mut e) = self.views.entry(channel.clone()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Removes socket `sid`; whether it was here.
+    fn remove(&mut self, sid: Sid) -> bool {
+        let Some(socket) = self.sockets.remove(&sid) else {
+            return false;
+        };
+        if socket.activity == Activity::Online {
+            self.online -= 1;
+        }
+        for channel in &socket.viewing {
+            self.unviewed(channel);
+        }
+        self.aggregate();
+        true
     }
 
     /// Online when any socket is; kept as it was when none is left.
     fn aggregate(&mut self) {
         if !self.sockets.is_empty() {
-            self.activity = if self.sockets.iter().any(|s| s.activity == Activity::Online) {
+            self.activity = if self.online > 0 {
                 Activity::Online
             } else {
                 Activity::Away
@@ -110,22 +173,12 @@ impl Here {
     }
 
     fn views(&self, channel: &ChannelId) -> bool {
-        self.sockets.iter().any(|s| s.viewing.contains(channel))
-    }
-
-    fn desired_views(&self) -> Vec<ChannelId> {
-        let mut all: Vec<ChannelId> = Vec::new();
-        for channel in self.sockets.iter().flat_map(|s| &s.viewing) {
-            if !all.contains(channel) {
-                all.push(channel.clone());
-            }
-        }
-        all
+        self.views.contains_key(channel)
     }
 
     fn in_sync(&self) -> bool {
         self.published == self.desired()
-            && self.published_views.len() == self.desired_views().len()
+            && self.published_views.len() == self.views.len()
             && self.published_views.iter().all(|c| self.views(c))
     }
 
@@ -150,6 +203,10 @@ pub(super) struct Published {
 pub(super) struct Local {
     here: HashMap<Participant, Here>,
     dirty: HashSet<Participant>,
+    /// A participant's writes wait this long after its previous ones (zero: never).
+    min_interval: Duration,
+    /// When the next dirty participant held by `min_interval` is due.
+    held_until: Option<Instant>,
     /// Grace deadlines; an entry whose participant was back (or left again) since is stale
     /// and skipped.
     graces: BinaryHeap<Reverse<(Instant, Participant)>>,
@@ -160,6 +217,13 @@ pub(super) struct Local {
 }
 
 impl Local {
+    pub(super) fn new(min_interval: Duration) -> Self {
+        Self {
+            min_interval,
+            ..Self::default()
+        }
+    }
+
     /// Marks `who` dirty when its bucket state differs from what it should be. Returns
     /// whether the writer has something new to do.
     fn touch(&mut self, who: &Participant) -> bool {
@@ -188,11 +252,9 @@ impl Local {
         let Some(here) = self.here.get_mut(who) else {
             return false;
         };
-        let Some(at) = here.sockets.iter().position(|s| s.sid == sid) else {
+        if !here.remove(sid) {
             return false;
-        };
-        here.sockets.swap_remove(at);
-        here.aggregate();
+        }
         if here.sockets.is_empty() && !grace.is_zero() {
             let until = now + grace;
             here.grace_until = Some(until);
@@ -203,9 +265,10 @@ impl Local {
 
     /// Socket `sid` of `who` says it is online or away.
     pub(super) fn set_activity(&mut self, who: &Participant, sid: Sid, activity: Activity) -> bool {
-        let here = self.here.entry(who.clone()).or_insert_with(Here::new);
-        here.socket(sid).activity = activity;
-        here.aggregate();
+        self.here
+            .entry(who.clone())
+            .or_insert_with(Here::new)
+            .set_activity(sid, activity);
         self.touch(who)
     }
 
@@ -223,13 +286,10 @@ impl Local {
             Entry::Vacant(e) => e.insert(Here::new()),
         };
         if on {
-            let socket = here.socket(sid);
-            if !socket.viewing.contains(channel) {
-                socket.viewing.push(channel.clone());
-            }
+            here.view(sid, channel);
             here.aggregate();
-        } else if let Some(socket) = here.sockets.iter_mut().find(|s| s.sid == sid) {
-            socket.viewing.retain(|c| c != channel);
+        } else {
+            here.unview(sid, channel);
         }
         self.touch(who)
     }
@@ -256,15 +316,39 @@ impl Local {
         }
     }
 
-    /// The next grace deadline.
+    /// The next grace deadline, or the next time a held dirty participant is due.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.graces.peek().map(|Reverse((until, _))| *until)
+        let grace = self.graces.peek().map(|Reverse((until, _))| *until);
+        match (grace, self.held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// The writes of up to `limit` reaps, last-seen values and dirty participants (a
-    /// participant's writes are taken together, and the writer finishes them before taking
-    /// more, so two writes of one key are never in flight together).
-    pub(super) fn take(&mut self, limit: usize) -> Vec<Op> {
+    /// The queued last-seen values and purges (leaving the cluster: the rest is left to the
+    /// grace and the reaper).
+    pub(super) fn take_queued(&mut self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self
+            .reaps
+            .iter()
+            .map(|(instance, (bound, tombstone))| Op::Reap {
+                instance: Arc::clone(instance),
+                bound: *bound,
+                tombstone: *tombstone,
+            })
+            .collect();
+        ops.extend(self.seen.iter().map(|(who, at)| Op::Seen {
+            who: who.clone(),
+            at: *at,
+        }));
+        ops
+    }
+
+    /// The writes of up to `limit` reaps, last-seen values and dirty participants due at
+    /// `now` (a participant's writes are taken together, and the writer finishes them before
+    /// taking more, so two writes of one key are never in flight together; after them, the
+    /// participant's next ones wait `min_interval`, so that toggles in between coalesce).
+    pub(super) fn take(&mut self, limit: usize, now: Instant) -> Vec<Op> {
         let mut ops = Vec::new();
         let reaps: Vec<Arc<str>> = self.reaps.keys().take(limit).cloned().collect();
         for instance in reaps {
@@ -283,17 +367,32 @@ impl Local {
             .map(|(p, at)| (p.clone(), *at))
             .collect();
         ops.extend(seen.into_iter().map(|(who, at)| Op::Seen { who, at }));
+        let mut held_until: Option<Instant> = None;
         let batch: Vec<Participant> = self
             .dirty
             .iter()
+            .filter(|who| {
+                let due = self
+                    .here
+                    .get(*who)
+                    .and_then(|h| h.written_at)
+                    .map(|at| at + self.min_interval)
+                    .filter(|due| *due > now);
+                if let Some(due) = due {
+                    held_until = Some(held_until.map_or(due, |h| h.min(due)));
+                }
+                due.is_none()
+            })
             .take(limit.saturating_sub(ops.len()))
             .cloned()
             .collect();
+        self.held_until = held_until;
         for who in batch {
             self.dirty.remove(&who);
-            let Some(here) = self.here.get(&who) else {
+            let Some(here) = self.here.get_mut(&who) else {
                 continue;
             };
+            let before = ops.len();
             let desired = here.desired();
             if desired != here.published {
                 ops.push(Op::Presence {
@@ -301,20 +400,30 @@ impl Local {
                     value: desired,
                 });
             }
-            let views = here.desired_views();
-            for channel in views.iter().filter(|c| !here.published_views.contains(c)) {
+            for channel in here
+                .views
+                .keys()
+                .filter(|c| !here.published_views.contains(*c))
+            {
                 ops.push(Op::View {
                     who: who.clone(),
                     channel: channel.clone(),
                     on: true,
                 });
             }
-            for channel in here.published_views.iter().filter(|c| !views.contains(c)) {
+            for channel in here
+                .published_views
+                .iter()
+                .filter(|c| !here.views.contains_key(*c))
+            {
                 ops.push(Op::View {
                     who: who.clone(),
                     channel: channel.clone(),
                     on: false,
                 });
+            }
+            if ops.len() > before && !self.min_interval.is_zero() {
+                here.written_at = Some(now);
             }
             if here.is_empty() {
                 self.here.remove(&who);
@@ -334,9 +443,10 @@ impl Local {
             }
             Op::View { who, channel, on } => {
                 if ok && let Some(here) = self.here.get_mut(&who) {
-                    here.published_views.retain(|c| *c != channel);
                     if on {
-                        here.published_views.push(channel);
+                        here.published_views.insert(channel);
+                    } else {
+                        here.published_views.remove(&channel);
                     }
                 }
                 self.settle(&who, ok);
@@ -389,9 +499,7 @@ impl Local {
             }
             for (channel, who) in &known.viewing {
                 let here = self.here.entry(who.clone()).or_insert_with(Here::new);
-                if !here.published_views.contains(channel) {
-                    here.published_views.push(channel.clone());
-                }
+                here.published_views.insert(channel.clone());
             }
         }
         for (who, here) in &mut self.here {
@@ -405,8 +513,8 @@ impl Local {
                     if here.desired().is_some() {
                         here.published = None;
                     }
-                    let views = here.desired_views();
-                    here.published_views.retain(|c| !views.contains(c));
+                    let views = &here.views;
+                    here.published_views.retain(|c| !views.contains_key(c));
                 }
             }
         }
@@ -420,15 +528,6 @@ impl Local {
         self.dirty.extend(stale);
         self.here.retain(|_, h| !h.is_empty());
         any
-    }
-
-    /// The participants whose presence key is in the bucket.
-    pub(super) fn published(&self) -> Vec<Participant> {
-        self.here
-            .iter()
-            .filter(|(_, h)| h.published.is_some())
-            .map(|(p, _)| p.clone())
-            .collect()
     }
 
     /// Participants held in memory (for tests of the bounds).
@@ -453,7 +552,11 @@ mod tests {
 
     /// Runs the writer once, every write succeeding; returns what it wrote.
     fn flush(local: &mut Local) -> Vec<String> {
-        let ops = local.take(usize::MAX);
+        flush_at(local, Instant::now())
+    }
+
+    fn flush_at(local: &mut Local, now: Instant) -> Vec<String> {
+        let ops = local.take(usize::MAX, now);
         let written = ops
             .iter()
             .map(|op| match op {
@@ -553,7 +656,7 @@ mod tests {
         let mut l = Local::default();
         let (u, a) = (user("u"), sid());
         l.connect(&u, a);
-        let ops = l.take(usize::MAX);
+        let ops = l.take(usize::MAX, Instant::now());
         l.set_activity(&u, a, Activity::Away);
         for op in ops {
             l.done(op, false);
@@ -592,6 +695,58 @@ mod tests {
             k.presence.insert(u.clone(), Activity::Online);
             k
         })));
+    }
+
+    #[test]
+    fn toggles_within_the_min_interval_coalesce() {
+        let interval = Duration::from_millis(250);
+        let mut l = Local::new(interval);
+        let (u, a) = (user("u"), sid());
+        let t0 = Instant::now();
+        l.connect(&u, a);
+        assert_eq!(
+            flush_at(&mut l, t0),
+            ["p u Some(Online)"],
+            "the first put at once"
+        );
+        for _ in 0..10 {
+            l.set_activity(&u, a, Activity::Away);
+            assert!(flush_at(&mut l, t0 + interval / 2).is_empty(), "held");
+            l.set_activity(&u, a, Activity::Online);
+        }
+        l.set_activity(&u, a, Activity::Away);
+        assert_eq!(l.next_deadline(), Some(t0 + interval));
+        assert_eq!(flush_at(&mut l, t0 + interval), ["p u Some(Away)"]);
+        l.set_activity(&u, a, Activity::Online);
+        assert!(flush_at(&mut l, t0 + interval + interval / 2).is_empty());
+        l.set_activity(&u, a, Activity::Away);
+        assert!(
+            flush_at(&mut l, t0 + interval * 2).is_empty(),
+            "back as written: nothing"
+        );
+        assert_eq!(l.next_deadline(), None);
+    }
+
+    #[test]
+    fn sockets_are_counted_per_participant() {
+        let mut l = Local::default();
+        let (u, a, b) = (user("u"), sid(), sid());
+        let c = ChannelId::parse("c1").unwrap();
+        l.connect(&u, a);
+        l.set_activity(&u, b, Activity::Away);
+        l.set_viewing(&u, a, &c, true);
+        l.set_viewing(&u, a, &c, true);
+        l.set_viewing(&u, b, &c, true);
+        assert_eq!(flush(&mut l).len(), 2);
+        l.disconnect(&u, a, Instant::now(), Duration::from_secs(3));
+        assert!(l.views(&u, &c), "b still views it");
+        assert_eq!(flush(&mut l), ["p u Some(Away)"]);
+        l.set_viewing(&u, b, &c, false);
+        assert!(!l.views(&u, &c));
+        l.set_activity(&u, b, Activity::Online);
+        let mut written = flush(&mut l);
+        written.sort();
+        assert_eq!(written, ["p u Some(Online)", "v u c1 false"]);
     }
 
     #[test]

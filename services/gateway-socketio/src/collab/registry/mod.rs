@@ -6,7 +6,8 @@
 //!   the bucket, coalescing, and retries failures with backoff. Per participant and instance:
 //!   one put when its first socket connects, one delete `presence.grace_ms` after its last
 //!   leaves (none when one is back in time), one put when the aggregate status changes; per
-//!   viewed channel one put and one delete.
+//!   viewed channel one put and one delete. A participant's writes wait
+//!   [`MIN_WRITE_INTERVAL`] after its previous ones, so toggles coalesce.
 //! - **Every instance replicates the bucket** ([`replica`]) through one watch of all keys,
 //!   and derives each participant's status over the instances (online when any says online,
 //!   away when all say away, offline otherwise). A derived change is pushed once as
@@ -16,6 +17,12 @@
 //!   dropped by all; the live instance with the smallest id writes the last-seen of those it
 //!   took offline, purges its keys and deletes its live key, which an instance declared dead
 //!   while alive hears, and then writes its whole state again.
+//! - **Leaving** (graceful shutdown): the instance writes what it still has queued (last-seen
+//!   values, purges) and deletes its own live key. The others, having heard it within the
+//!   ttl, take that deletion for a departure: they keep its participants until
+//!   `presence.grace_ms` after it (checked at their heartbeats), so clients reconnecting to
+//!   another instance meanwhile do not flap; then it is dropped as a dead one, departed at
+//!   that time, and the reaper writes the last-seen and purges its keys.
 //! - **Last seen**: `seen.<participant>`, written by the instance whose removal took the
 //!   participant offline, with the time of that removal in the bucket, which every instance
 //!   already used for its `presence:update`, so the write changes nothing it pushed.
@@ -84,6 +91,15 @@ impl Presence {
     }
 }
 
+/// How long a participant's keys are left as they are after a write before the next one:
+/// status and viewing toggles in between coalesce into one write (and one `presence:update`).
+/// The first put of a participant is immediate.
+pub(crate) const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long [`Registry::run`] may take, at most, to leave the cluster once `shutdown` is
+/// cancelled.
+pub(crate) const SHUTDOWN_BUDGET: Duration = Duration::from_millis(2500);
+
 /// Cluster-wide presence and viewing of this instance.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -93,6 +109,7 @@ pub(crate) struct Registry {
     heartbeat: Duration,
     grace: Duration,
     ttl_ms: keys::Millis,
+    grace_ms: keys::Millis,
     local: Mutex<Local>,
     replica: Mutex<Replica>,
     /// Wakes the writer: something to write, or a new grace deadline.
@@ -109,7 +126,8 @@ impl Registry {
             heartbeat: Duration::from_millis(config.heartbeat_ms.max(1)),
             grace: Duration::from_millis(config.grace_ms),
             ttl_ms: i64::try_from(config.ttl_ms).unwrap_or(i64::MAX),
-            local: Mutex::default(),
+            grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),
+            local: Mutex::new(Local::new(MIN_WRITE_INTERVAL)),
             replica: Mutex::default(),
             wake: Notify::new(),
             beat: Notify::new(),
@@ -117,7 +135,7 @@ impl Registry {
     }
 
     /// Runs until `shutdown`: sets `ready` once the cluster state is loaded, then leaves the
-    /// cluster (a few seconds at most).
+    /// cluster (within [`SHUTDOWN_BUDGET`]).
     pub(crate) async fn run(
         self: Arc<Self>,
         io: SocketIo,

@@ -63,6 +63,8 @@ pub(super) struct Dead {
     pub(super) departed: Millis,
     /// Its participants that went offline with it.
     pub(super) offline: Vec<Participant>,
+    /// Whether its live key is still to be deleted (it did not leave by itself).
+    pub(super) tombstone: bool,
 }
 
 /// What [`Replica::sweep`] found.
@@ -80,6 +82,10 @@ pub(super) struct Swept {
 struct Instance {
     /// Its latest write (server time).
     heard: Millis,
+    /// When it deleted its own live key (a graceful departure, server time): its participants
+    /// stay until `presence.grace_ms` after it, so that clients reconnecting to another
+    /// instance meanwhile do not flap offline.
+    leaving: Option<Millis>,
     /// Its latest heartbeat.
     heartbeat: Option<Millis>,
     /// The latest stream sequence of its keys.
@@ -164,21 +170,31 @@ impl Replica {
         };
         match key {
             Key::Live { instance } if change.removed => {
-                let departed = self.instances.get(instance).map_or(change.created, |i| {
-                    if change.created - i.heard > ttl {
-                        i.heard
-                    } else {
-                        change.created
-                    }
-                });
-                applied.changes = self.drop_instance(instance, departed).0;
-                if instance == me {
-                    applied.own_removed = Some(departed);
-                } else {
+                if instance != me {
                     self.tombstones.insert(
                         keys::instance_id(instance),
                         (change.revision, change.created),
                     );
+                }
+                match self.instances.get_mut(instance) {
+                    // Heard within the ttl: the instance itself left (a reaper deletes the
+                    // live key of the silent only). Dropped by the sweep after the grace.
+                    Some(known) if instance != me && change.created - known.heard <= ttl => {
+                        known.leaving = Some(change.created);
+                    }
+                    known => {
+                        let departed = known.map_or(change.created, |i| {
+                            if change.created - i.heard > ttl {
+                                i.heard
+                            } else {
+                                change.created
+                            }
+                        });
+                        applied.changes = self.drop_instance(instance, departed).0;
+                        if instance == me {
+                            applied.own_removed = Some(departed);
+                        }
+                    }
                 }
             }
             Key::Live { instance } => {
@@ -252,6 +268,7 @@ impl Replica {
     fn instance_mut(&mut self, id: &str, change: &Change<'_>) -> &mut Instance {
         self.tombstones.remove(id);
         let known = self.instances.entry(keys::instance_id(id)).or_default();
+        known.leaving = None;
         known.heard = known.heard.max(change.created);
         known.revision = known.revision.max(change.revision);
         known
@@ -297,22 +314,28 @@ impl Replica {
         (changes, offline)
     }
 
-    /// Drops instance `me` (leaving), its participants last seen at `departed`.
-    pub(super) fn forget(&mut self, me: &str, departed: Millis) {
-        self.drop_instance(me, departed);
-    }
-
     /// Drops every other instance not heard from for more than `ttl` before `now` (this
-    /// instance's latest heartbeat), and the live-key tombstones as old.
-    pub(super) fn sweep(&mut self, me: &str, now: Millis, ttl: Millis) -> Swept {
+    /// instance's latest heartbeat), every instance that left `grace` or more before `now`
+    /// (its participants last seen at its departure plus `grace`), and the live-key
+    /// tombstones older than `ttl`.
+    pub(super) fn sweep(&mut self, me: &str, now: Millis, ttl: Millis, grace: Millis) -> Swept {
         let mut swept = Swept::default();
-        let dead: Vec<(Arc<str>, Millis, u64)> = self
+        let dead: Vec<(Arc<str>, Millis, u64, bool)> = self
             .instances
             .iter()
-            .filter(|(id, i)| ***id != *me && now - i.heard > ttl)
-            .map(|(id, i)| (Arc::clone(id), i.heard, i.revision))
+            .filter(|(id, i)| {
+                ***id != *me
+                    && match i.leaving {
+                        Some(left) => now - left >= grace,
+                        None => now - i.heard > ttl,
+                    }
+            })
+            .map(|(id, i)| {
+                let departed = i.leaving.map_or(i.heard, |left| left.saturating_add(grace));
+                (Arc::clone(id), departed, i.revision, i.leaving.is_none())
+            })
             .collect();
-        for (instance, departed, revision) in dead {
+        for (instance, departed, revision, tombstone) in dead {
             let (changes, offline) = self.drop_instance(&instance, departed);
             swept.changes.extend(changes);
             swept.dead.push(Dead {
@@ -320,6 +343,7 @@ impl Replica {
                 bound: revision + 1,
                 departed,
                 offline,
+                tombstone,
             });
         }
         let expired: Vec<Arc<str>> = self
@@ -333,7 +357,11 @@ impl Replica {
                 swept.expired.push((id, revision + 1));
             }
         }
-        swept.reaper = self.instances.keys().all(|id| **id >= *me);
+        // Among the live instances: one that is leaving reaps nothing any more.
+        swept.reaper = self
+            .instances
+            .iter()
+            .all(|(id, i)| **id >= *me || i.leaving.is_some());
         swept
     }
 
@@ -366,6 +394,7 @@ mod tests {
     use crate::collab::identity::Kind;
 
     const TTL: Millis = 1000;
+    const GRACE: Millis = 300;
 
     fn user(id: &str) -> Participant {
         Participant::new(Kind::User, id).unwrap()
@@ -464,8 +493,8 @@ mod tests {
         f.put("me", &keys::presence("b", &u), ONLINE, 150);
         let beat = f.put("me", &keys::live("me"), "{}", 1000);
         assert_eq!(beat.own_heartbeat, Some((1000, false)));
-        assert!(f.replica.sweep("me", 1000, TTL).dead.is_empty());
-        let swept = f.replica.sweep("me", 1151, TTL);
+        assert!(f.replica.sweep("me", 1000, TTL, GRACE).dead.is_empty());
+        let swept = f.replica.sweep("me", 1151, TTL, GRACE);
         assert_eq!(swept.dead.len(), 1);
         assert_eq!(swept.dead[0].departed, 150);
         assert_eq!(swept.dead[0].bound, 3);
@@ -489,22 +518,58 @@ mod tests {
         let mut f = Feed::new();
         f.put("b", &keys::live("a"), "{}", 1000);
         f.put("b", &keys::live("b"), "{}", 1000);
-        assert!(!f.replica.sweep("b", 1000, TTL).reaper);
-        assert!(f.replica.sweep("a", 1000, TTL).reaper);
+        assert!(!f.replica.sweep("b", 1000, TTL, GRACE).reaper);
+        assert!(f.replica.sweep("a", 1000, TTL, GRACE).reaper);
     }
 
     #[test]
-    fn a_graceful_leave_drops_the_instance_at_once() {
+    fn a_graceful_leave_drops_the_instance_after_the_grace() {
+        let mut f = Feed::new();
+        let u = user("u");
+        f.put("me", &keys::live("a"), "{}", 100);
+        f.put("me", &keys::live("b"), "{}", 100);
+        f.put("me", &keys::presence("b", &u), ONLINE, 110);
+        let left = f.delete("me", &keys::live("b"), 200);
+        assert!(left.changes.is_empty(), "held for the grace");
+        assert!(left.own_removed.is_none());
+        assert_eq!(f.replica.presence(&u).status, Status::Online);
+        let swept = f.replica.sweep("me", 200 + GRACE - 1, TTL, GRACE);
+        assert!(swept.dead.is_empty());
+        assert!(
+            !swept.reaper,
+            "a is live and smaller; b, leaving, does not count"
+        );
+        let swept = f.replica.sweep("me", 200 + GRACE, TTL, GRACE);
+        assert_eq!(swept.dead.len(), 1);
+        assert_eq!(swept.dead[0].departed, 200 + GRACE);
+        assert!(!swept.dead[0].tombstone, "it deleted its live key itself");
+        assert_eq!(
+            swept.changes,
+            [(
+                u,
+                Presence {
+                    status: Status::Offline,
+                    last_seen: Some(200 + GRACE)
+                }
+            )]
+        );
+        // Its tombstone is purged once older than the ttl.
+        let swept = f.replica.sweep("me", 1300, TTL, GRACE);
+        assert_eq!(swept.expired, [(Arc::from("b"), 5)]);
+    }
+
+    #[test]
+    fn a_reconnect_elsewhere_during_a_graceful_leave_does_not_go_offline() {
         let mut f = Feed::new();
         let u = user("u");
         f.put("me", &keys::live("b"), "{}", 100);
         f.put("me", &keys::presence("b", &u), ONLINE, 110);
-        let left = f.delete("me", &keys::live("b"), 200);
-        assert_eq!(left.changes[0].1.last_seen, Some(200));
-        assert!(left.own_removed.is_none());
-        // Its tombstone is purged once older than the ttl.
-        let swept = f.replica.sweep("me", 1300, TTL);
-        assert_eq!(swept.expired, [(Arc::from("b"), 4)]);
+        f.delete("me", &keys::live("b"), 200);
+        let back = f.put("me", &keys::presence("c", &u), AWAY, 250);
+        assert!(back.changes.is_empty(), "still online through b");
+        let swept = f.replica.sweep("me", 200 + GRACE, TTL, GRACE);
+        assert!(swept.dead[0].offline.is_empty());
+        assert_eq!(swept.changes[0].1.status, Status::Away);
     }
 
     #[test]
@@ -537,7 +602,7 @@ mod tests {
         let mut f = Feed::new();
         f.delete("me", &keys::live("b"), 100);
         f.put("me", &keys::live("b"), "{}", 200);
-        assert!(f.replica.sweep("me", 5000, TTL).expired.is_empty());
+        assert!(f.replica.sweep("me", 5000, TTL, GRACE).expired.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -14,6 +15,7 @@ use test_support::NatsServer;
 pub struct ChatBackend {
     channels: Arc<Mutex<HashMap<String, Value>>>,
     requests: Arc<AtomicUsize>,
+    delay: Arc<Mutex<Duration>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -28,8 +30,13 @@ impl ChatBackend {
         super::nats_sync(&client).await;
         let channels: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
         let requests = Arc::new(AtomicUsize::new(0));
+        let delay: Arc<Mutex<Duration>> = Arc::default();
         let task = {
-            let (channels, requests) = (Arc::clone(&channels), Arc::clone(&requests));
+            let (channels, requests, delay) = (
+                Arc::clone(&channels),
+                Arc::clone(&requests),
+                Arc::clone(&delay),
+            );
             tokio::spawn(async move {
                 while let Some(message) = sub.next().await {
                     requests.fetch_add(1, Ordering::SeqCst);
@@ -39,13 +46,20 @@ impl ChatBackend {
                     let answer = channels.lock().unwrap().get(&channel).cloned().unwrap_or_else(
                         || json!({"ok": false, "error": {"code": "not_found", "message": "no such channel"}}),
                     );
-                    let _ = client.publish(reply, answer.to_string().into()).await;
+                    let wait = *delay.lock().unwrap();
+                    let client = client.clone();
+                    // Each answer on its own, so a delay holds up no other request.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = client.publish(reply, answer.to_string().into()).await;
+                    });
                 }
             })
         };
         Self {
             channels,
             requests,
+            delay,
             task,
         }
     }
@@ -56,6 +70,11 @@ impl ChatBackend {
             id.to_owned(),
             json!({"user_ids": user_ids, "profile_ids": profile_ids}),
         );
+    }
+
+    /// Answers from now on wait `delay` first (a slow backend).
+    pub fn delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     /// Membership requests answered so far.
