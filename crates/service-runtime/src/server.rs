@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,13 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(addr = %addr, "http server listening");
     let token = shutdown.clone();
+    // Replies and pushes are small writes: without TCP_NODELAY, Nagle's algorithm holds one
+    // back until the peer's delayed ACK (~40 ms on Linux) whenever an earlier one is unacked.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::trace!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let mut server = tokio::spawn(async move {
         axum::serve(
             listener,

@@ -8,12 +8,15 @@
 //!   `events.order.status_changed` for order 101; each subscriber receives `orders_updated` and
 //!   `orders_event_log` per event. Rate = messages counted at the clients / (first publish →
 //!   last delivery).
+//! - `presence` (gateway only): presence change latency between two instances, and bucket
+//!   writes, bucket bytes and resident memory per connected presence user ([`presence`]).
 //!
 //! It starts its own `nats-server` (via `test-support`), a fresh PostgreSQL database for the
 //! gateway (dropped afterwards), the gateway binary from the target dir, and `node
 //! sio-baseline/server.mjs` (after `npm ci` when `node_modules` is missing). Clients are a
 //! minimal Engine.IO 4 / Socket.IO 5 client over tokio-tungstenite, all in this process.
 
+mod presence;
 mod protocol;
 mod report;
 mod servers;
@@ -110,6 +113,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Servers::Both)]
         server: Servers,
     },
+    /// Presence (gateway only): update latency between two instances; bucket writes, bucket
+    /// bytes and resident memory per connected presence user.
+    Presence {
+        #[command(flatten)]
+        presence: presence::PresenceArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -134,6 +143,7 @@ pub async fn run(args: &Args, out: Out) -> anyhow::Result<()> {
     let connections = match &args.command {
         Command::Idle { idle, .. } => idle.connections,
         Command::Fanout { fanout, .. } => fanout.subscribers,
+        Command::Presence { presence } => presence.users.max(presence.watched + 2),
     };
     procfs::make_room_for(connections);
 
@@ -183,10 +193,13 @@ pub async fn run(args: &Args, out: Out) -> anyhow::Result<()> {
             };
             fanout(args, &launch, server.kinds(), shape).await?
         }
+        Command::Presence { presence } => presence::run(args, &launch, presence).await?,
     };
     drop(nats);
     report["machine"] = procfs::machine();
-    report["node_version"] = json!(node_version(&args.node_bin).await);
+    if report["mode"] != "presence" {
+        report["node_version"] = json!(node_version(&args.node_bin).await);
+    }
     out.line(report::human(&report));
     out.finish(&report);
     Ok(())

@@ -46,6 +46,40 @@ impl SioProtocol {
         )
     }
 
+    /// [`Protocol::handshake`] with `auth` (JSON) as the namespace connect's `auth` instead of
+    /// [`Self::auth`]: one token per client.
+    pub async fn handshake_as(
+        &self,
+        ws: &mut Ws,
+        subscribe: bool,
+        auth: &str,
+    ) -> Result<(), String> {
+        let open = next_text(ws).await?;
+        if !open.starts_with("0{") {
+            return Err(format!("expected the Engine.IO open packet, got {open}"));
+        }
+        if !self.join {
+            return Ok(());
+        }
+        let join = format!("40{},{auth}", self.namespace);
+        send_text(ws, "namespace connect", join).await?;
+        self.until(ws, "the namespace connect", |p| match p {
+            Packet::Connected => Some(Ok(())),
+            Packet::ConnectError(data) => Some(Err(format!("connect_error {data}"))),
+            _ => None,
+        })
+        .await?;
+        if subscribe {
+            send_text(ws, "subscribe", self.subscribe_packet()).await?;
+            self.until(ws, "the subscribe ack", |p| match p {
+                Packet::Ack(SUBSCRIBE_ACK_ID, data) => Some(check_subscribe_ack(data)),
+                _ => None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Reads packets until `done` says which one ends the step, answering pings and skipping
     /// events (e.g. `socket_metrics_updated` right after the join).
     async fn until(
@@ -76,30 +110,7 @@ impl Protocol for SioProtocol {
 
     /// Reads the Engine.IO open packet, joins the namespace, and subscribes when asked to.
     async fn handshake(&self, ws: &mut Ws, subscribe: bool) -> Result<(), String> {
-        let open = next_text(ws).await?;
-        if !open.starts_with("0{") {
-            return Err(format!("expected the Engine.IO open packet, got {open}"));
-        }
-        if !self.join {
-            return Ok(());
-        }
-        let join = format!("40{},{}", self.namespace, self.auth);
-        send_text(ws, "namespace connect", join).await?;
-        self.until(ws, "the namespace connect", |p| match p {
-            Packet::Connected => Some(Ok(())),
-            Packet::ConnectError(data) => Some(Err(format!("connect_error {data}"))),
-            _ => None,
-        })
-        .await?;
-        if subscribe {
-            send_text(ws, "subscribe", self.subscribe_packet()).await?;
-            self.until(ws, "the subscribe ack", |p| match p {
-                Packet::Ack(SUBSCRIBE_ACK_ID, data) => Some(check_subscribe_ack(data)),
-                _ => None,
-            })
-            .await?;
-        }
-        Ok(())
+        self.handshake_as(ws, subscribe, &self.auth).await
     }
 
     fn subscribe_message(&self) -> String {
@@ -128,7 +139,7 @@ impl Protocol for SioProtocol {
 
 /// A Socket.IO packet of the fleet's namespace, as this tool reads it.
 #[derive(Debug, PartialEq, Eq)]
-enum Packet<'a> {
+pub(super) enum Packet<'a> {
     /// Engine.IO `2`: answer `3`.
     Ping,
     /// Engine.IO `1`.
@@ -147,7 +158,8 @@ enum Packet<'a> {
     Other,
 }
 
-fn parse<'a>(text: &'a str, namespace: &str) -> Packet<'a> {
+/// What `text` is, read as a packet of `namespace`.
+pub(super) fn parse<'a>(text: &'a str, namespace: &str) -> Packet<'a> {
     match text.as_bytes().first() {
         Some(b'2') => return Packet::Ping,
         Some(b'1') => return Packet::EngineClose,
@@ -184,6 +196,19 @@ fn parse<'a>(text: &'a str, namespace: &str) -> Packet<'a> {
         b'3' => Packet::Ack(id.parse().unwrap_or(0), data),
         _ => Packet::Other,
     }
+}
+
+/// The arguments of an event packet of `namespace` (`42/admin,["presence:update",{...}]` gives
+/// the whole array, the event name first), or `None` for any other packet or unreadable JSON.
+pub(super) fn event_args(text: &str, namespace: &str) -> Option<serde_json::Value> {
+    let mut body = text.strip_prefix("42")?;
+    if namespace != "/" {
+        body = body.strip_prefix(namespace)?.strip_prefix(',')?;
+    }
+    let body = body.trim_start_matches(|c: char| c.is_ascii_digit());
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .filter(serde_json::Value::is_array)
 }
 
 /// The ack data is `[{"subscribed": [...], "refused": [...]}]`; nothing may be refused.
@@ -227,6 +252,22 @@ mod tests {
         assert_eq!(parse("41/admin,", ns), Packet::Disconnected);
         assert_eq!(parse("42/other,[\"x\"]", ns), Packet::Other);
         assert_eq!(parse("0{\"sid\":\"x\"}", ns), Packet::Other);
+    }
+
+    #[test]
+    fn reads_event_arguments() {
+        let ns = "/admin";
+        let args = event_args(
+            r#"42/admin,["presence:update",{"kind":"user","id":"u-1","status":"away"}]"#,
+            ns,
+        )
+        .unwrap();
+        assert_eq!(args[0], "presence:update");
+        assert_eq!(args[1]["status"], "away");
+        assert_eq!(event_args(r#"42/admin,7["x",1]"#, ns).unwrap()[1], 1);
+        assert_eq!(event_args(r#"43/admin,1[{}]"#, ns), None);
+        assert_eq!(event_args(r#"42/other,["x"]"#, ns), None);
+        assert_eq!(event_args(r#"42/admin,["x""#, ns), None);
     }
 
     #[test]

@@ -13,6 +13,9 @@ const INDENT: &str = "        ";
 
 /// The report as lines.
 pub fn human(r: &Value) -> String {
+    if r["mode"] == "presence" {
+        return super::presence::human(r);
+    }
     let mut lines = vec![format!(
         "{}; node {}",
         machine_line(&r["machine"]),

@@ -1,6 +1,7 @@
 //! The servers under test: the release `gateway-socketio` (with a fresh PostgreSQL database)
 //! and the Node `socket.io` baseline (`sio-baseline/server.mjs`), both on the same private NATS
-//! server.
+//! server. A second gateway may join the first on its database ([`Server::start_peer`]): two
+//! instances of one cluster.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ pub struct Launch {
     pub node_env: Vec<(String, String)>,
 }
 
+/// Namespace sockets the gateway admits, in all and per client address: the whole fleet connects
+/// from one loopback address, past the default 200 per address.
+const GATEWAY_CONNECTION_CAP: usize = 200_000;
+
 /// Settings both servers get for one test (`None`: their defaults).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tuning {
@@ -67,8 +72,8 @@ enum Process {
     Rust {
         service: ServiceProcess,
         // Dropped after the service (field order): the database is removed once the gateway is
-        // gone.
-        _database: TestDatabase,
+        // gone. `None` for a peer, which uses the first instance's.
+        _database: Option<TestDatabase>,
     },
     Node(Child),
 }
@@ -81,6 +86,8 @@ pub struct Server {
     pub pid: u32,
     /// Its HTTP address.
     pub addr: SocketAddr,
+    /// The gateway's database URL (`None` for node).
+    database_url: Option<String>,
     process: Process,
 }
 
@@ -98,7 +105,7 @@ impl Server {
     /// Starts `kind` with `tuning` and waits until `/readyz` answers 200.
     pub async fn start(kind: Kind, launch: &Launch, tuning: Tuning) -> anyhow::Result<Self> {
         let server = match kind {
-            Kind::Rust => start_rust(launch, tuning).await?,
+            Kind::Rust => start_rust(launch, tuning, None).await?,
             Kind::Node => start_node(launch, tuning).await?,
         };
         gateway::wait_ready(
@@ -109,6 +116,17 @@ impl Server {
         .await
         .with_context(|| format!("{} server", kind.name()))?;
         Ok(server)
+    }
+
+    /// Starts another gateway on the NATS server of `launch` and the database of `self` (a
+    /// gateway): a second instance of one cluster, with `launch`'s environment. Stop it before
+    /// `self`, which drops the database.
+    pub async fn start_peer(&self, launch: &Launch, tuning: Tuning) -> anyhow::Result<Self> {
+        let database = self
+            .database_url
+            .as_deref()
+            .context("a peer needs a gateway to join")?;
+        start_rust(launch, tuning, Some(database)).await
     }
 
     /// `ws://<addr>`.
@@ -150,14 +168,33 @@ impl Server {
     }
 }
 
-async fn start_rust(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
-    let database = TestDatabase::create().await;
+/// Starts the gateway on `database` (a URL), or on a fresh database when `None`; the
+/// gateway's own `wait_ready` is done by [`gateway::start`].
+async fn start_rust(
+    launch: &Launch,
+    tuning: Tuning,
+    database: Option<&str>,
+) -> anyhow::Result<Server> {
+    let (database, url) = match database {
+        Some(url) => (None, url.to_owned()),
+        None => {
+            let database = TestDatabase::create().await;
+            let url = database.url().to_owned();
+            (Some(database), url)
+        }
+    };
+    let cap = GATEWAY_CONNECTION_CAP.to_string();
     let mut env: Vec<(String, String)> = vec![
         ("GATEWAY_SOCKETIO_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
         ("GATEWAY_SOCKETIO_NATS__URL".into(), launch.nats_url.clone()),
+        ("GATEWAY_SOCKETIO_DATABASE__URL".into(), url.clone()),
         (
-            "GATEWAY_SOCKETIO_DATABASE__URL".into(),
-            database.url().to_owned(),
+            "GATEWAY_SOCKETIO_LIMITS__MAX_CONNECTIONS".into(),
+            cap.clone(),
+        ),
+        (
+            "GATEWAY_SOCKETIO_LIMITS__MAX_CONNECTIONS_PER_IP".into(),
+            cap,
         ),
         ("GATEWAY_SOCKETIO_ADMIN__ALGORITHM".into(), "HS256".into()),
         (
@@ -189,6 +226,7 @@ async fn start_rust(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
         kind: Kind::Rust,
         pid: service.pid(),
         addr: service.addr(),
+        database_url: Some(url),
         process: Process::Rust {
             service,
             _database: database,
@@ -261,6 +299,7 @@ async fn start_node(launch: &Launch, tuning: Tuning) -> anyhow::Result<Server> {
         kind: Kind::Node,
         pid,
         addr: SocketAddr::from(([127, 0, 0, 1], port as u16)),
+        database_url: None,
         process: Process::Node(child),
     })
 }
