@@ -1054,7 +1054,11 @@ async fn latency(
         // `MIN_WRITE_INTERVAL` (250 ms) of its first is held back by design (coalescing), and
         // would measure that hold, not propagation.
         let i = r % m;
-        let status = if (r / m).is_multiple_of(2) { "away" } else { "online" };
+        let status = if (r / m).is_multiple_of(2) {
+            "away"
+        } else {
+            "online"
+        };
         // What arrives between rounds belongs to none of them.
         while let Ok(s) = remote.seen.try_recv() {
             if matches!(s, Seen::Update { .. }) {
