@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::error::CollabError;
+
 /// A chat channel id: 1 to 128 characters of `[A-Za-z0-9_-]` (a UUID, `deal-555`...).
 /// Validated once where it enters (client event, backend push), so room names and
 /// key-value keys built from it need no escaping.
@@ -60,6 +62,23 @@ impl<'de> Deserialize<'de> for ChannelId {
         })
     }
 }
+
+/// The payload of `typing:start`, `typing:stop`, `channel:viewing` and `channel:left`
+/// (`proto/schemas/socketio-channel-ref.schema.json`): `{"channel_id"}`, read once into a
+/// [`ChannelId`]. `None` (no payload, or not JSON) and anything else are refused alike.
+pub(crate) fn channel_ref(payload: Option<serde_json::Value>) -> Result<ChannelId, CollabError> {
+    #[derive(Deserialize)]
+    struct ChannelRef {
+        channel_id: ChannelId,
+    }
+    payload
+        .and_then(|v| serde_json::from_value::<ChannelRef>(v).ok())
+        .map(|c| c.channel_id)
+        .ok_or(CollabError::Malformed(CHANNEL_REF))
+}
+
+/// What [`channel_ref`] expects, as the refusal says it.
+const CHANNEL_REF: &str = r#"expected {"channel_id": "<1 to 128 of [A-Za-z0-9_-]>"}"#;
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::channel::ChannelId;
+use super::channel::{ChannelId, channel_ref};
 use super::error::{CollabError, answer};
 use super::identity::{Kind, Participant, ParticipantRef};
 use super::indicators::{Indicator, Key, Shown, Started};
@@ -178,7 +178,7 @@ async fn start_typing(
     seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
-    let channel = channel_of(payload)?;
+    let channel = channel_ref(payload.ok())?;
     let access = g
         .collab
         .membership
@@ -225,7 +225,7 @@ async fn stop_typing(
     seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
-    let channel = channel_of(payload)?;
+    let channel = channel_ref(payload.ok())?;
     let mut order = session.typing_order.lock().await;
     // Recorded even when the socket is not typing there (yet): an older `typing:start` still
     // waiting for membership must not relay after this.
@@ -238,19 +238,6 @@ async fn stop_typing(
     }
     drop(order);
     Ok(json!({"ok": true}))
-}
-
-/// The channel of a `{"channel_id"}` payload.
-fn channel_of(payload: Result<Value, ParserError>) -> Result<ChannelId, CollabError> {
-    #[derive(Deserialize)]
-    struct Payload {
-        channel_id: ChannelId,
-    }
-    const EXPECTED: &str = r#"expected {"channel_id": "<1 to 128 of [A-Za-z0-9_-]>"}"#;
-    let payload = payload.map_err(|_| CollabError::Malformed(EXPECTED))?;
-    serde_json::from_value::<Payload>(payload)
-        .map(|p| p.channel_id)
-        .map_err(|_| CollabError::Malformed(EXPECTED))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,7 +502,7 @@ mod tests {
     #[test]
     fn payloads_name_one_channel() {
         assert_eq!(
-            channel_of(Ok(json!({"channel_id": "deal-555"}))).unwrap(),
+            channel_ref(Some(json!({"channel_id": "deal-555"}))).unwrap(),
             ChannelId::parse("deal-555").unwrap()
         );
         for bad in [
@@ -525,7 +512,7 @@ mod tests {
             json!(null),
         ] {
             assert!(matches!(
-                channel_of(Ok(bad)),
+                channel_ref(Some(bad)),
                 Err(CollabError::Malformed(_))
             ));
         }

@@ -6,29 +6,14 @@
 //! change applies only when its event came after the last one applied to that channel
 //! ([`Seq`]); an older one is acked and does nothing.
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
-use super::channel::ChannelId;
+use super::channel::channel_ref;
 use super::error::{self, CollabError};
 use super::session::{CollabSession, Seq, lock};
 use crate::ack::{Answer, WantsAck};
 use crate::gateway::{Gateway, Shared};
-
-const SHAPE: &str = "expected {channel_id: string of 1 to 128 [A-Za-z0-9_-]}";
-
-#[derive(Debug, Deserialize)]
-struct Channel {
-    channel_id: ChannelId,
-}
-
-fn channel_of(payload: Option<Value>) -> Result<ChannelId, CollabError> {
-    payload
-        .and_then(|v| serde_json::from_value::<Channel>(v).ok())
-        .map(|c| c.channel_id)
-        .ok_or(CollabError::Malformed(SHAPE))
-}
 
 /// `channel:viewing` `{"channel_id"}`: members only, at most `collab.max_viewing_per_socket`
 /// channels per socket (viewing one again is no new one); acked `{"ok": true, "channel_id"}`.
@@ -52,7 +37,7 @@ async fn start(
     seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
-    let channel = channel_of(payload)?;
+    let channel = channel_ref(payload)?;
     g.collab
         .membership
         .check(&g.commands, &session.principal, &session.who, &channel)
@@ -105,7 +90,7 @@ fn stop(
     seq: Seq,
 ) -> Result<Value, CollabError> {
     let session = CollabSession::of(s)?;
-    let channel = channel_of(payload)?;
+    let channel = channel_ref(payload)?;
     let mut viewing = lock(&session.viewing);
     // Recorded even when the socket does not view the channel (yet): an older
     // `channel:viewing` still waiting for membership must not apply after this.
