@@ -17,9 +17,9 @@
 //! minimal Engine.IO 4 / Socket.IO 5 client over tokio-tungstenite, all in this process.
 
 mod presence;
-mod protocol;
+pub(crate) mod protocol;
 mod report;
-mod servers;
+pub(crate) mod servers;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

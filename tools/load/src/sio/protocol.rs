@@ -200,7 +200,7 @@ pub(super) fn parse<'a>(text: &'a str, namespace: &str) -> Packet<'a> {
 
 /// The arguments of an event packet of `namespace` (`42/admin,["presence:update",{...}]` gives
 /// the whole array, the event name first), or `None` for any other packet or unreadable JSON.
-pub(super) fn event_args(text: &str, namespace: &str) -> Option<serde_json::Value> {
+pub(crate) fn event_args(text: &str, namespace: &str) -> Option<serde_json::Value> {
     let mut body = text.strip_prefix("42")?;
     if namespace != "/" {
         body = body.strip_prefix(namespace)?.strip_prefix(',')?;
