@@ -5,6 +5,7 @@
 //! eventctl tail 'events.order.>' --json --count 1
 //! eventctl catalog
 //! eventctl provision
+//! eventctl rebuild-stats
 //! ```
 //!
 //! Exit codes: 0 success, 2 bad usage, 65 bad input data, 69 NATS unreachable or refused.
@@ -58,6 +59,13 @@ enum Command {
     },
     /// Create or update the `EVENTS` stream with default limits.
     Provision,
+    /// Ask stat-aggregator to recompute every counter from the stream (`cmd.stat.rebuild`)
+    /// while it goes on counting; prints its reply. Exit 1 when it refused or failed.
+    RebuildStats {
+        /// How long to wait for the reply (a rebuild replays the whole stream).
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +184,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 json!({"stream": info.config.name, "messages": info.state.messages})
             );
             Ok(())
+        }
+        Command::RebuildStats { timeout_secs } => {
+            let client = connect(&cli.nats_url).await?;
+            let request = client.request(events::subject::STAT_REBUILD, "".into());
+            let reply = tokio::time::timeout(Duration::from_secs(timeout_secs), request)
+                .await
+                .map_err(|_| unavailable(anyhow::anyhow!("no reply in {timeout_secs} s")))?
+                .map_err(|e| {
+                    unavailable(anyhow::Error::new(e).context("is stat-aggregator running?"))
+                })?;
+            let reply: events::stat::RebuildReply = serde_json::from_slice(&reply.payload)
+                .context("stat-aggregator's reply")
+                .map_err(data_error)?;
+            println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+            if reply.ok {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    error: anyhow::anyhow!(
+                        "rebuild refused: {}",
+                        reply.error.as_deref().unwrap_or("no reason given")
+                    ),
+                })
+            }
         }
     }
 }

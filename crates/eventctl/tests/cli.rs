@@ -165,3 +165,51 @@ fn catalog_json_is_the_published_proto_catalog() {
         "regenerate with `eventctl catalog --json > proto/catalog.json`"
     );
 }
+
+/// Answers `cmd.stat.rebuild` once with `reply`, as stat-aggregator's leader would.
+async fn answer_rebuild(nats: &NatsServer, reply: &'static str) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client
+        .subscribe(events::subject::STAT_REBUILD)
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    // The server has the subscription once a round trip on this connection is done.
+    let _ = client.request("eventctl.test.barrier", "".into()).await;
+    tokio::spawn(async move {
+        if let Some(message) = sub.next().await
+            && let Some(inbox) = message.reply
+        {
+            client.publish(inbox, reply.into()).await.unwrap();
+            client.flush().await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rebuild_stats_prints_the_reply_and_fails_when_it_is_refused() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let out = eventctl(&url, &["rebuild-stats", "--timeout-secs", "5"]);
+    assert_eq!(out.status.code(), Some(69), "nobody answers: unavailable");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stat-aggregator"));
+
+    let task = answer_rebuild(&nats, r#"{"ok":true,"replayed":3,"seq":3,"version":7}"#).await;
+    let run = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || eventctl(&url, &["rebuild-stats"])
+    });
+    let out = run.await.unwrap();
+    task.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["version"], 7);
+
+    let task = answer_rebuild(&nats, r#"{"ok":false,"error":"not_leader"}"#).await;
+    let run = tokio::task::spawn_blocking(move || eventctl(&url, &["rebuild-stats"]));
+    let out = run.await.unwrap();
+    task.await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_leader"));
+}
