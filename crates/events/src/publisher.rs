@@ -91,6 +91,47 @@ impl Publisher {
             duplicate: ack.duplicate,
         })
     }
+
+    /// Publishes many events, `in_flight` at a time: each group is sent without waiting, then
+    /// its acknowledgements are awaited in order (bulk loads, tests, load tools). Headers as
+    /// [`Publisher::publish`]. Stops at the first failure; the events before it are stored.
+    pub async fn publish_all(
+        &self,
+        envelopes: &[Envelope],
+        in_flight: usize,
+    ) -> Result<Vec<Published>, PublishError> {
+        let mut published = Vec::with_capacity(envelopes.len());
+        for group in envelopes.chunks(in_flight.max(1)) {
+            let mut acks = Vec::with_capacity(group.len());
+            for envelope in group {
+                let ack = self
+                    .js
+                    .publish_with_headers(
+                        event_subject(&envelope.event_type),
+                        publish_headers(envelope),
+                        envelope.encode().into(),
+                    )
+                    .await
+                    .map_err(|source| PublishError::Send {
+                        event_type: envelope.event_type.to_string(),
+                        source,
+                    })?;
+                acks.push((envelope, ack));
+            }
+            for (envelope, ack) in acks {
+                let ack = ack.await.map_err(|source| PublishError::Ack {
+                    event_type: envelope.event_type.to_string(),
+                    source,
+                })?;
+                published.push(Published {
+                    stream: ack.stream,
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                });
+            }
+        }
+        Ok(published)
+    }
 }
 
 /// The headers every published event carries.

@@ -204,19 +204,10 @@ pub async fn run(args: &Args, out: Out) -> anyhow::Result<()> {
     match args.what {
         What::Throughput { events: n } => {
             out.line(format!("publishing {n} events"));
+            let publisher = events::Publisher::from_context(js.clone());
             for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
-                let acks = futures_util::future::join_all(chunk.iter().map(|i| {
-                    let e = event(*i);
-                    js.publish_with_headers(
-                        events::subject::event_subject(&e.event_type),
-                        events::publisher::publish_headers(&e),
-                        e.encode().into(),
-                    )
-                }))
-                .await;
-                for a in acks {
-                    a?.await?;
-                }
+                let envelopes: Vec<Envelope> = chunk.iter().map(|i| event(*i)).collect();
+                publisher.publish_all(&envelopes, 1_000).await?;
             }
             let orders_created = (0..n).filter(|i| i % 5 == 2).count() as i64;
             let started = Instant::now();

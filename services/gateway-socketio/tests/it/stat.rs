@@ -53,19 +53,10 @@ fn burst(n: usize) -> (Vec<Envelope>, i64, i64) {
 }
 
 async fn publish_all(js: &jetstream::Context, events: &[Envelope]) {
-    for chunk in events.chunks(500) {
-        let acks = futures_util::future::join_all(chunk.iter().map(|e| {
-            js.publish_with_headers(
-                events::subject::event_subject(&e.event_type),
-                events::publisher::publish_headers(e),
-                e.encode().into(),
-            )
-        }))
-        .await;
-        for a in acks {
-            a.unwrap().await.unwrap();
-        }
-    }
+    events::Publisher::from_context(js.clone())
+        .publish_all(events, 500)
+        .await
+        .unwrap();
 }
 
 async fn stored(js: &jetstream::Context) -> Option<StatSnapshot> {

@@ -84,19 +84,10 @@ impl Bus {
 
     /// Publishes many events without waiting for each acknowledgement in turn.
     pub async fn publish_all(&self, events: &[Envelope]) {
-        for chunk in events.chunks(500) {
-            let acks: Vec<_> = futures_util::future::join_all(chunk.iter().map(|e| {
-                self.js.publish_with_headers(
-                    events::subject::event_subject(&e.event_type),
-                    events::publisher::publish_headers(e),
-                    e.encode().into(),
-                )
-            }))
-            .await;
-            for ack in acks {
-                ack.unwrap().await.unwrap();
-            }
-        }
+        events::Publisher::from_context(self.js.clone())
+            .publish_all(events, 500)
+            .await
+            .unwrap();
     }
 
     pub async fn snapshot(&self) -> Option<StatSnapshot> {

@@ -75,18 +75,9 @@ async fn killed_with_sigkill_mid_burst_and_restarted_it_is_still_exact() {
         let events = b.events.clone();
         let js = bus.js.clone();
         tokio::spawn(async move {
+            let publisher = events::Publisher::from_context(js);
             for chunk in events.chunks(200) {
-                let acks = futures_util::future::join_all(chunk.iter().map(|e| {
-                    js.publish_with_headers(
-                        events::subject::event_subject(&e.event_type),
-                        events::publisher::publish_headers(e),
-                        e.encode().into(),
-                    )
-                }))
-                .await;
-                for a in acks {
-                    a.unwrap().await.unwrap();
-                }
+                publisher.publish_all(chunk, 200).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
