@@ -60,6 +60,28 @@ pub const STAT_SNAPSHOT_BUCKET: &str = "stat_snapshot";
 /// [`STAT_SNAPSHOT_BUCKET`].
 pub const STAT_SNAPSHOT_KEY: &str = "current";
 
+/// Execute (or health-check) an integration endpoint (request/reply to integrations-runner,
+/// queue group [`INTEGRATIONS_QUEUE`]; docs/integrations.md "NATS contract").
+pub const INTEGRATION_EXECUTE: &str = "cmd.integration.execute";
+/// An integration's status, usage and rate limit (request/reply to integrations-runner, queue
+/// group [`INTEGRATIONS_QUEUE`]); also how a gateway learns that an integration is in a project.
+pub const INTEGRATION_STATUS: &str = "cmd.integration.status";
+/// The queue group every integrations-runner replica answers commands in.
+pub const INTEGRATIONS_QUEUE: &str = "integrations-runner";
+/// Whether a principal belongs to a project, asked of the backend (request/reply).
+pub const PROJECT_ACCESS: &str = "cmd.project.access";
+/// Integration room events between gateway instances (not for backends).
+pub const INTEGRATION_ROOM: &str = "rt.integration.room";
+/// Coalesced usage of an integration, from integrations-runner.
+pub const INTEGRATION_USAGE: &str = "rt.integration.usage";
+/// A verified inbound provider webhook, mirrored by integrations-runner to the gateways.
+pub const INTEGRATION_WEBHOOK: &str = "rt.integration.webhook";
+/// The JetStream stream where integrations-runner keeps verified inbound webhooks before it
+/// acknowledges them to the provider.
+pub const INTEGRATION_WEBHOOKS_STREAM: &str = "INTEGRATION_WEBHOOKS";
+/// Filter of [`INTEGRATION_WEBHOOKS_STREAM`]: `integrations.webhooks.<integrationId>`.
+pub const INTEGRATION_WEBHOOKS: &str = "integrations.webhooks.*";
+
 /// `<root>.<area>.<kind>` for a push family such as [`CHAT_PUSHES`]: the `<kind>` of a
 /// literal subject under `filter` (`rt.chat.*`), when it is one.
 pub fn push_kind<'a>(filter: &str, subject: &'a str) -> Option<&'a str> {

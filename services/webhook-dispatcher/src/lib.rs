@@ -5,7 +5,7 @@
 //! - [`intake`]: events become deliveries in one transaction before they are acknowledged.
 //! - [`worker`]: replicas claim due deliveries with `FOR UPDATE SKIP LOCKED` and a lease.
 //! - [`signing`]: Standard Webhooks headers and the seed's `X-Webhook-Signature`.
-//! - [`ssrf`]: non-public destinations are refused unless allow-listed.
+//! - [`egress`] (shared crate): non-public destinations are refused unless allow-listed.
 //! - [`api`]: REST API, described by `GET /openapi.json`.
 #![warn(missing_docs)]
 
@@ -13,7 +13,6 @@ pub mod api;
 pub mod config;
 pub mod intake;
 pub mod signing;
-pub mod ssrf;
 pub mod store;
 pub mod worker;
 
@@ -43,7 +42,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The destination policy (`delivery.allow_networks`).
-    pub policy: Arc<ssrf::AddressPolicy>,
+    pub policy: Arc<egress::AddressPolicy>,
     /// The delivery HTTP client (`delivery.proxy`, timeouts, the policy in its resolver).
     pub http: reqwest::Client,
     /// The API's credential check (`api.*`).
@@ -56,7 +55,7 @@ pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
     // Judged here too (not only by loading), so a `run` called with settings built some other
     // way cannot get as far as listening without a database.
     settings.common.database.connect_options()?;
-    let policy = Arc::new(ssrf::AddressPolicy::new(
+    let policy = Arc::new(egress::AddressPolicy::new(
         service.delivery.allow_networks.clone(),
     ));
     let http = worker::http_client(&service.delivery, Arc::clone(&policy))

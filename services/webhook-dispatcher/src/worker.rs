@@ -26,8 +26,8 @@ use self::http::{AttemptError, Response, classify};
 pub use self::http::{HttpClientError, http_client, literal_ip, parse_retry_after};
 use crate::config::DeliveryConfig;
 use crate::signing::{SigningKey, sign};
-use crate::ssrf::AddressPolicy;
 use crate::store::{Claimed, DeliveryStatus, Outcome, Store};
+use egress::AddressPolicy;
 
 /// Everything an attempt needs.
 #[derive(Debug)]

@@ -24,9 +24,9 @@ use self::extract::ApiJson;
 use crate::config::DeliveryConfig;
 use crate::intake::PatternCache;
 use crate::signing::{SigningKey, generate_secret};
-use crate::ssrf::AddressPolicy;
 use crate::store::{DeliveryStatus, NewSubscription, Redelivery, Store, SubscriptionPatch};
 use crate::worker::literal_ip;
+use egress::AddressPolicy;
 use events::pattern::Pattern;
 
 /// The OpenAPI document served at `/openapi.json`.

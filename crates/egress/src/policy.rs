@@ -1,8 +1,8 @@
-//! Which network addresses deliveries may reach.
+//! Which network addresses outbound requests may reach.
 //!
-//! By default a target that resolves to a loopback, private, link-local (including the cloud
+//! By default a destination that resolves to a loopback, private, link-local (including the cloud
 //! metadata address 169.254.169.254), shared, multicast, unspecified or otherwise
-//! non-public address is refused. `delivery.allow_networks` lists CIDRs that are allowed anyway
+//! non-public address is refused. The allow-list (`delivery.allow_networks` in webhook-dispatcher, `execution.allow_networks` in integrations-runner) lists CIDRs that are allowed anyway
 //! (a test receiver on 127.0.0.1, an internal partner network). The check runs inside the HTTP
 //! client's resolver, on the addresses the connection will actually use, so DNS rebinding
 //! cannot slip past it; IP-literal URLs are checked before the request.
@@ -164,8 +164,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                // The refusal travels as itself, so the worker can tell it from a DNS failure
-                // by type (see `worker::http::classify`).
+                // The refusal travels as itself, so callers can tell it from a DNS failure
+                // by type (see [`crate::refusal`]).
                 return Err(match refusal {
                     Some(refusal) => Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>,
                     None => format!("{host} did not resolve").into(),
