@@ -43,7 +43,7 @@ export NATS_URL
 # `_sqlx_migrations` tables must not meet. gateway-ws's is where the (here simulated) host
 # application keeps its express-session table.
 pg_server="${PG_SERVER_URL:-postgres://postgres@127.0.0.1:5432}"
-for db in dev_gateway_ws dev_gateway_socketio dev_webhook_dispatcher; do
+for db in dev_gateway_ws dev_gateway_socketio dev_webhook_dispatcher dev_integrations_runner; do
   psql "$pg_server/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
     || psql "$pg_server/postgres" -qc "CREATE DATABASE $db"
 done
@@ -136,7 +136,11 @@ start webhook-dispatcher WEBHOOK_DISPATCHER_ 8082 \
   "WEBHOOK_DISPATCHER_API__KEYS=[$DEV_WEBHOOK_API_KEY]" \
   "WEBHOOK_DISPATCHER_API__JWT_HS256_SECRET=$DEV_ADMIN_JWT_SECRET" \
   "WEBHOOK_DISPATCHER_DELIVERY__ALLOW_NETWORKS=[127.0.0.0/8, ::1/128]"
-start integrations-runner INTEGRATIONS_RUNNER_ 8083
+start integrations-runner INTEGRATIONS_RUNNER_ 8083 \
+  "INTEGRATIONS_RUNNER_DATABASE__URL=$pg_server/dev_integrations_runner" \
+  "INTEGRATIONS_RUNNER_API__KEYS=[$DEV_INTEGRATIONS_API_KEY]" \
+  "INTEGRATIONS_RUNNER_CRYPTO__KEYS=[{id = \"dev\", key = \"$DEV_INTEGRATIONS_CRYPTO_KEY\"}]" \
+  "INTEGRATIONS_RUNNER_EXECUTION__ALLOW_NETWORKS=[127.0.0.0/8, ::1/128]"
 start stat-aggregator STAT_AGGREGATOR_ 8084
 
 # Ready means /readyz answers 200. A service that exits, or is not ready in time, fails the
@@ -165,6 +169,7 @@ ready: all five services answer /readyz.
 
 Development credentials (kept in .tools/dev/credentials.env, reused on every run):
   webhook API key:      $DEV_WEBHOOK_API_KEY
+  integrations API key: $DEV_INTEGRATIONS_API_KEY
   widget-keys API key:  $DEV_WIDGET_API_KEY
   /admin JWT (30 days): $admin_jwt
      mint another:      python3 scripts/devcreds.py jwt "\$DEV_ADMIN_JWT_SECRET" <sub> [ttl-secs]

@@ -25,6 +25,9 @@ SECRET_NAMES = (
     "DEV_ADMIN_JWT_SECRET",
     "DEV_WIDGET_API_KEY",
     "DEV_SESSION_SECRET",
+    "DEV_INTEGRATIONS_API_KEY",
+    # base64 of 32 random bytes: integrations-runner's AES-256-GCM credentials key.
+    "DEV_INTEGRATIONS_CRYPTO_KEY",
 )
 
 
@@ -33,14 +36,26 @@ def b64url(raw: bytes) -> str:
 
 
 def init(path: str) -> None:
-    if os.path.exists(path):
-        return
+    """Writes every missing credential; an existing file keeps its values (a newer version of
+    this script may add names, which are appended)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# Development-only credentials made by scripts/devcreds.py; never use them elsewhere.\n")
-        for name in SECRET_NAMES:
-            f.write(f"{name}={secrets.token_hex(32)}\n")
+    present = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            present = {line.split("=", 1)[0] for line in f if "=" in line}
+    missing = [name for name in SECRET_NAMES if name not in present]
+    if not missing:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        if not present:
+            f.write("# Development-only credentials made by scripts/devcreds.py; never use them elsewhere.\n")
+        for name in missing:
+            if name.endswith("_CRYPTO_KEY"):
+                value = base64.b64encode(secrets.token_bytes(32)).decode()
+            else:
+                value = secrets.token_hex(32)
+            f.write(f"{name}={value}\n")
 
 
 def jwt(secret: str, sub: str = "dev-admin", ttl: int = 30 * 24 * 3600) -> str:
