@@ -53,6 +53,17 @@ impl Answer {
         }
     }
 
+    /// Sends `body` as `event`, or through the ack with `"ok": true` added when there is one
+    /// (the command-reply success shape).
+    pub(crate) fn send_ok(self, event: &str, mut body: serde_json::Value) {
+        if self.wants_ack
+            && let serde_json::Value::Object(map) = &mut body
+        {
+            map.insert("ok".to_owned(), serde_json::Value::Bool(true));
+        }
+        self.send(event, &body);
+    }
+
     /// Sends `body` through the ack when there is one; nothing otherwise.
     pub(crate) fn ack_only(self, body: &impl Serialize) {
         if self.wants_ack

@@ -31,6 +31,66 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Typing indicators.
     pub typing: TypingConfig,
+    /// Integration events on `/` and `/admin` (`docs/integrations.md`).
+    pub integrations: IntegrationsConfig,
+}
+
+/// Who decides that a principal may use a project's integrations (`integrations.access`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectAccessSource {
+    /// Ask the backend (`cmd.project.access`) and cache the answer. Without a backend, every
+    /// project is refused.
+    #[default]
+    Backend,
+    /// The token's `integrations.projects_claim` claim lists the project ids.
+    Claim,
+}
+
+/// Integration events: project access, bounds and deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IntegrationsConfig {
+    /// `backend` (default) or `claim`.
+    pub access: ProjectAccessSource,
+    /// Claim listing project ids, with `access = "claim"`.
+    pub projects_claim: String,
+    /// Seconds a backend access answer (allowed or refused) is trusted.
+    pub access_cache_secs: u64,
+    /// Access answers cached at once; beyond it the oldest are dropped.
+    pub access_cache_entries: usize,
+    /// Seconds the runner's "this integration is in this project" is trusted.
+    pub integration_cache_secs: u64,
+    /// How long an access or status request may take.
+    pub request_timeout_ms: u64,
+    /// `deadlineMs` of an execution: how long the gateway waits for the runner.
+    pub execute_timeout_ms: u64,
+    /// Largest client payload of an integration event, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest NATS push (`rt.integration.*`) relayed, in bytes.
+    pub max_push_bytes: usize,
+    /// Executions in flight at once on this instance; past it `busy`.
+    pub max_in_flight: usize,
+    /// Executions in flight at once per socket; past it `busy`.
+    pub max_in_flight_per_socket: usize,
+}
+
+impl Default for IntegrationsConfig {
+    fn default() -> Self {
+        Self {
+            access: ProjectAccessSource::Backend,
+            projects_claim: "projects".to_owned(),
+            access_cache_secs: 30,
+            access_cache_entries: 100_000,
+            integration_cache_secs: 10,
+            request_timeout_ms: 3000,
+            execute_timeout_ms: 30_000,
+            max_payload_bytes: 64 * 1024,
+            max_push_bytes: 256 * 1024,
+            max_in_flight: 1024,
+            max_in_flight_per_socket: 8,
+        }
+    }
 }
 
 /// Where channel membership comes from (`collab.membership`).
@@ -601,6 +661,34 @@ impl Validate for Config {
                 self.presence.max_watched_per_socket as u64,
             ),
             ("typing.timeout_ms", self.typing.timeout_ms),
+            (
+                "integrations.access_cache_entries",
+                self.integrations.access_cache_entries as u64,
+            ),
+            (
+                "integrations.request_timeout_ms",
+                self.integrations.request_timeout_ms,
+            ),
+            (
+                "integrations.execute_timeout_ms",
+                self.integrations.execute_timeout_ms,
+            ),
+            (
+                "integrations.max_payload_bytes",
+                self.integrations.max_payload_bytes as u64,
+            ),
+            (
+                "integrations.max_push_bytes",
+                self.integrations.max_push_bytes as u64,
+            ),
+            (
+                "integrations.max_in_flight",
+                self.integrations.max_in_flight as u64,
+            ),
+            (
+                "integrations.max_in_flight_per_socket",
+                self.integrations.max_in_flight_per_socket as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -624,6 +712,14 @@ impl Validate for Config {
             return Err(ConfigError::new(
                 "collab.membership_claim",
                 "required with collab.membership = \"claim\"",
+            ));
+        }
+        if self.integrations.access == ProjectAccessSource::Claim
+            && self.integrations.projects_claim.is_empty()
+        {
+            return Err(ConfigError::new(
+                "integrations.projects_claim",
+                "required with integrations.access = \"claim\"",
             ));
         }
         if self.typing.renew_ms >= self.typing.timeout_ms {

@@ -28,10 +28,12 @@ pub struct Gateway {
     pub(crate) nats: async_nats::Client,
     /// Presence, typing, viewing and membership (`/admin`, `/provider`).
     pub(crate) collab: Collab,
+    /// Integrations on `/` and `/admin`: access decisions, execution bounds.
+    pub(crate) integrations: crate::integration::Integrations,
     /// Request/reply to the backend, bounded in flight.
     pub(crate) commands: Commands,
     /// Connected sockets per namespace (this instance), by [`Namespace::index`].
-    counts: [AtomicI64; 4],
+    counts: [AtomicI64; Namespace::ALL.len()],
     /// When each socket's token expires.
     pub(crate) expiry: Schedule,
     pub(crate) stat: StatAdmission,
@@ -69,6 +71,7 @@ impl Gateway {
             discord_keys: KeyBudgets::new(config.widget.discord_per_key_per_minute),
             stat: StatAdmission::new(config.stat.connections_per_minute),
             collab: Collab::new(&config),
+            integrations: crate::integration::Integrations::new(&config.integrations),
             commands: Commands::new(nats.clone(), Semaphore::new(COMMANDS_IN_FLIGHT)),
             config,
             admin,
@@ -83,7 +86,7 @@ impl Gateway {
     }
 
     /// This instance's connected sockets per namespace, by [`Namespace::index`].
-    pub fn local_counts(&self) -> [i64; 4] {
+    pub fn local_counts(&self) -> [i64; Namespace::ALL.len()] {
         std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
 

@@ -1,4 +1,4 @@
-//! Socket.IO gateway (seed 000): namespaces `/admin`, `/provider`, `/widget`, `/stat` with
+//! Socket.IO gateway (seed 000): namespaces `/` (integrations, seed 002), `/admin`, `/provider`, `/widget`, `/stat` with
 //! their own authentication, `/admin` subscriptions mapped to rooms through `events::surface`,
 //! and relays from NATS to rooms. The contract is `docs/gateway-socketio.md`.
 #![warn(missing_docs)]
@@ -13,6 +13,7 @@ pub mod config;
 mod expiry;
 mod gateway;
 mod handshake;
+mod integration;
 mod key_cache;
 mod limits;
 pub mod namespace;
@@ -89,7 +90,13 @@ pub fn prepare(settings: &Settings<Config>) -> Result<Prepared, ConfigError> {
         config::MembershipSource::Claim => service.collab.membership_claim.as_str(),
         config::MembershipSource::Request => "",
     };
-    let admin = auth::AdminVerifier::new(&service.admin)?.with_channel_claim(channel_claim);
+    let project_claim = match service.integrations.access {
+        config::ProjectAccessSource::Claim => service.integrations.projects_claim.as_str(),
+        config::ProjectAccessSource::Backend => "",
+    };
+    let admin = auth::AdminVerifier::new(&service.admin)?
+        .with_channel_claim(channel_claim)
+        .with_project_claim(project_claim);
     let provider = auth::ProviderVerifier::new(&service.provider)?
         .map(|verifier| verifier.with_channel_claim(channel_claim));
     Ok(Prepared {
@@ -160,7 +167,11 @@ pub async fn run(
     let presence = ctx
         .readiness
         .flag("presence", "cluster presence not loaded yet");
+    let integrations = ctx
+        .readiness
+        .flag("integrations", "not subscribed to integration events yet");
     let mut relays = relay::spawn(&io, &state, subscribed, presence, &shutdown);
+    integration::relay::spawn(&mut relays, &io, &state, integrations, &shutdown);
 
     {
         let (io, token) = (io.clone(), shutdown.clone());
@@ -203,6 +214,10 @@ const RELAYS_STOP: Duration =
 /// Registers the namespaces on `io`, each with its handshake (connect middleware).
 fn register(io: &SocketIo) {
     use socketioxide::handler::ConnectHandler;
+    io.ns(
+        Namespace::Root.path(),
+        integration::on_connect.with(integration::handshake),
+    );
     io.ns(
         Namespace::Admin.path(),
         admin::on_connect.with(admin::handshake),

@@ -1,4 +1,4 @@
-//! The four Socket.IO namespaces of seed 000.
+//! The Socket.IO namespaces: the four of seed 000 and the default one, `/` (seed 002).
 
 /// A namespace this gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -11,11 +11,19 @@ pub enum Namespace {
     Widget,
     /// `/stat`: public counters, no credentials.
     Stat,
+    /// `/`: the default namespace, integrations (seed 002), the `/admin` JWT.
+    Root,
 }
 
 impl Namespace {
     /// Every namespace, in the order of [`Namespace::index`].
-    pub const ALL: [Self; 4] = [Self::Admin, Self::Provider, Self::Widget, Self::Stat];
+    pub const ALL: [Self; 5] = [
+        Self::Admin,
+        Self::Provider,
+        Self::Widget,
+        Self::Stat,
+        Self::Root,
+    ];
 
     /// Its name without the slash (`admin`), as metrics label it.
     pub const fn name(self) -> &'static str {
@@ -24,6 +32,7 @@ impl Namespace {
             Self::Provider => "provider",
             Self::Widget => "widget",
             Self::Stat => "stat",
+            Self::Root => "root",
         }
     }
 
@@ -34,6 +43,7 @@ impl Namespace {
             Self::Provider => "/provider",
             Self::Widget => "/widget",
             Self::Stat => "/stat",
+            Self::Root => "/",
         }
     }
 
@@ -51,7 +61,11 @@ mod tests {
     fn indexes_follow_all() {
         for (i, ns) in Namespace::ALL.into_iter().enumerate() {
             assert_eq!(ns.index(), i);
-            assert_eq!(ns.path(), format!("/{}", ns.name()));
+            if ns == Namespace::Root {
+                assert_eq!(ns.path(), "/");
+            } else {
+                assert_eq!(ns.path(), format!("/{}", ns.name()));
+            }
         }
     }
 }

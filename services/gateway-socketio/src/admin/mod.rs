@@ -33,6 +33,7 @@ pub(crate) async fn handshake(
     // does, right after io()).
     s.on("subscribe", subscriptions::subscribe);
     s.on("unsubscribe", subscriptions::unsubscribe);
+    crate::integration::attach(&s);
     Ok(())
 }
 

@@ -122,7 +122,7 @@ mod tests {
             .map(|(i, ns)| (ns.name().to_owned(), i as i64))
             .collect();
         let body = metrics_body(&totals, 2, OffsetDateTime::now_utc());
-        assert_eq!(body["total"], 6);
+        assert_eq!(body["total"], 10);
         assert_matches_schema("socketio-socket-metrics.schema.json", &body);
 
         let report = Report {

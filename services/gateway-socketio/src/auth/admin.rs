@@ -16,6 +16,7 @@ pub struct AdminVerifier {
     validation: Validation,
     grant_claim: String,
     channel_claim: String,
+    project_claim: String,
 }
 
 impl std::fmt::Debug for AdminVerifier {
@@ -64,6 +65,7 @@ impl AdminVerifier {
             validation: base_validation(alg, &config.issuer, &config.audience, config.leeway_secs),
             grant_claim: config.subscribe_claim.clone(),
             channel_claim: String::new(),
+            project_claim: String::new(),
         })
     }
 
@@ -71,6 +73,13 @@ impl AdminVerifier {
     #[must_use]
     pub fn with_channel_claim(mut self, claim: &str) -> Self {
         claim.clone_into(&mut self.channel_claim);
+        self
+    }
+
+    /// Also reads the projects a token lists from `claim` (`integrations.projects_claim`).
+    #[must_use]
+    pub fn with_project_claim(mut self, claim: &str) -> Self {
+        claim.clone_into(&mut self.project_claim);
         self
     }
 
@@ -85,7 +94,12 @@ impl AdminVerifier {
         for key in &self.keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation) {
                 Ok(data) => {
-                    return principal(data.claims, &self.grant_claim, &self.channel_claim);
+                    return principal(
+                        data.claims,
+                        &self.grant_claim,
+                        &self.channel_claim,
+                        &self.project_claim,
+                    );
                 }
                 Err(e) => {
                     refusal = map_error(&e);

@@ -155,6 +155,9 @@ pub struct Principal {
     /// Chat channels the token names (`collab.membership = "claim"`); `None` when the
     /// verifier reads no such claim.
     pub channels: Option<Arc<HashSet<String>>>,
+    /// Projects the token names (`integrations.access = "claim"`); `None` when the verifier
+    /// reads no such claim.
+    pub projects: Option<Arc<HashSet<String>>>,
 }
 
 /// Channel ids one token may list; more is refused as malformed (the socket would hold a room
@@ -240,11 +243,12 @@ pub(crate) fn base_validation(
 }
 
 /// The principal of verified `claims`: `grant_claim` lists subscriptions (empty: all),
-/// `channel_claim` the chat channels (empty: not read).
+/// `channel_claim` the chat channels and `project_claim` the projects (empty: not read).
 pub(crate) fn principal(
     claims: Map<String, Value>,
     grant_claim: &str,
     channel_claim: &str,
+    project_claim: &str,
 ) -> Result<Principal, Refusal> {
     let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
     let subject = claims.get("sub").and_then(|v| match v {
@@ -262,10 +266,17 @@ pub(crate) fn principal(
     } else {
         Some(Arc::new(channels_claim(claims.get(channel_claim))?))
     };
+    // The same list shape and bound as the channels.
+    let projects = if project_claim.is_empty() {
+        None
+    } else {
+        Some(Arc::new(channels_claim(claims.get(project_claim))?))
+    };
     Ok(Principal {
         subject,
         expires_at,
         grants: Arc::new(grants),
         channels,
+        projects,
     })
 }

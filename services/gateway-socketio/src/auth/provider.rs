@@ -229,6 +229,6 @@ impl ProviderVerifier {
         );
         jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| map_error(&e))
-            .and_then(|data| principal(data.claims, "", &self.channel_claim))
+            .and_then(|data| principal(data.claims, "", &self.channel_claim, ""))
     }
 }

@@ -31,7 +31,7 @@ impl Kind {
         match ns {
             Namespace::Admin => Some(Self::User),
             Namespace::Provider => Some(Self::Profile),
-            Namespace::Widget | Namespace::Stat => None,
+            Namespace::Widget | Namespace::Stat | Namespace::Root => None,
         }
     }
 

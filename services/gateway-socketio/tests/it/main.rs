@@ -8,6 +8,7 @@ mod admin_auth;
 mod collab;
 mod common;
 mod hardening;
+mod integrations;
 mod lifecycle;
 mod presence;
 mod prop_parsers;

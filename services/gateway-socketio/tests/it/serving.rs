@@ -138,7 +138,7 @@ async fn socket_metrics_updated_reaches_admin_sockets() {
     let names: BTreeSet<&str> = ns.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["admin", "provider", "widget", "stat"]),
+        BTreeSet::from(["admin", "provider", "widget", "stat", "root"]),
         "{metrics}"
     );
     assert_eq!(metrics["namespaces"]["admin"], 1, "{metrics}");
