@@ -27,7 +27,7 @@ pub struct Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::api::auth::validate(&self.api)?;
+        self.api.validate()?;
         self.crypto.validate()?;
         self.execution.validate()?;
         self.webhooks.validate()?;

@@ -1,8 +1,9 @@
 //! webhook-dispatcher configuration (beside the common sections).
 
 use serde::{Deserialize, Serialize};
+pub use service_runtime::http_api::ApiConfig;
 use service_runtime::net::Cidr;
-use service_runtime::{ConfigError, Validate, reject_placeholder};
+use service_runtime::{ConfigError, Validate};
 
 /// Everything specific to the dispatcher.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,31 +17,6 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Pruning old records.
     pub retention: RetentionConfig,
-}
-
-/// Who may call the REST API: a bearer API key, or an admin JWT (HS256).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ApiConfig {
-    /// Accepted API keys (`Authorization: Bearer <key>`). Never logged.
-    pub keys: Vec<String>,
-    /// HS256 secret of admin JWTs; empty disables JWT authentication. Never logged.
-    pub jwt_hs256_secret: String,
-    /// Required `iss` of admin JWTs, when set.
-    pub jwt_issuer: String,
-    /// Required `aud` of admin JWTs, when set.
-    pub jwt_audience: String,
-}
-
-impl std::fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiConfig")
-            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
-            .field("jwt", &!self.jwt_hs256_secret.is_empty())
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .finish()
-    }
 }
 
 /// The durable JetStream consumer.
@@ -200,28 +176,7 @@ impl Default for RetentionConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.api.keys.is_empty() && self.api.jwt_hs256_secret.is_empty() {
-            return Err(ConfigError::new(
-                "api.keys",
-                "set api.keys or api.jwt_hs256_secret: the API is never open",
-            ));
-        }
-        if self.api.keys.iter().any(|k| k.len() < 16) {
-            return Err(ConfigError::new(
-                "api.keys",
-                "each key must be at least 16 characters",
-            ));
-        }
-        for key in &self.api.keys {
-            reject_placeholder("api.keys", key)?;
-        }
-        reject_placeholder("api.jwt_hs256_secret", &self.api.jwt_hs256_secret)?;
-        if !self.api.jwt_hs256_secret.is_empty() && self.api.jwt_hs256_secret.len() < 32 {
-            return Err(ConfigError::new(
-                "api.jwt_hs256_secret",
-                "must be at least 32 bytes",
-            ));
-        }
+        self.api.validate()?;
         if self.intake.consumer.is_empty()
             || !self
                 .intake
