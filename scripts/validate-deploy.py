@@ -182,6 +182,9 @@ def placeholder_checked_keys(service: str) -> set[str]:
     """Keys whose value the service refuses when it contains CHANGE-ME."""
     files = list((ROOT / "services" / service / "src").rglob("*.rs"))
     files.append(ROOT / "crates" / "service-runtime" / "src" / "config.rs")
+    # The shared `api` section (service_runtime::http_api::ApiConfig) validates its own keys.
+    if any("http_api::ApiConfig" in f.read_text() or "http_api::{ApiConfig" in f.read_text() for f in files):
+        files.append(ROOT / "crates" / "service-runtime" / "src" / "http_api.rs")
     out = set()
     for f in files:
         text = f.read_text()
