@@ -17,7 +17,11 @@
    - every shipped secret value in the manifests is a CHANGE-ME placeholder the service
      refuses at start (reject_placeholder in the config code), never a value it would accept;
      docker-compose.yml holds no CHANGE-ME value the service would refuse (the laptop stack
-     must start).
+     must start);
+   - every service connects to NATS as its own user of the authorization file the NATS
+     server includes (k8s/base/nats/authorization.conf), with the password the server reads
+     for that user: in k8s the same Secret key (secretKeyRef) the NATS pods load (envFrom),
+     in docker-compose.yml the same value as the nats service's environment.
 4. Every metric the Grafana dashboards and the Prometheus alert rules query is registered by
    a service (metrics::counter!/gauge!/histogram! literals) or listed in EXTERNAL_METRICS, and
    every alert is explained in docs/operations.md.
@@ -260,6 +264,7 @@ def check_manifests(r: Report, overlay: str, objs: list[dict]) -> None:
             r.fail(where, "enableServiceLinks must be false (service links inject PREFIX_* vars)")
         env: dict[str, str] = {}
         secret_names: set[str] = set()
+        key_refs: dict[str, tuple[str, str]] = {}  # env name -> (Secret, key)
         (container,) = [c for c in spec["containers"] if c["name"] == name]
         for src in container.get("envFrom", []):
             for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
@@ -285,9 +290,11 @@ def check_manifests(r: Report, overlay: str, objs: list[dict]) -> None:
                         env[e["name"]] = data[vf[ref]["key"]]
                         if kind == "Secret":
                             secret_names.add(e["name"])
+                            key_refs[e["name"]] = (vf[ref]["name"], vf[ref]["key"])
             if "value" in e:
                 env[e["name"]] = e["value"]
         check_env(r, where, svc, prefix, env, keys, ph_keys, secret_names)
+        check_nats_identity(r, where, prefix, env, key_refs, nats_identities(objs))
         listen = env.get(f"{prefix}HTTP__LISTEN")
         port = int(listen.rsplit(":", 1)[1]) if listen else default_port(svc)
         named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
@@ -358,6 +365,13 @@ def check_compose(r: Report, compose: dict) -> None:
             env = dict(e.split("=", 1) for e in env)
         env = {k: str(v) for k, v in env.items()}
         check_env(r, where, svc, prefix, env, config_keys(svc), placeholder_checked_keys(svc), set())
+        files, nats_env = compose_nats_mounts(compose)
+        users = auth_users(files.get("authorization.conf", ""))
+        user = env.get(f"{prefix}NATS__USER")
+        if user not in users:
+            r.fail(where, f"{prefix}NATS__USER {user!r} is not a user of the authorization.conf the nats service mounts")
+        elif env.get(f"{prefix}NATS__PASSWORD") != nats_env.get(users[user]):
+            r.fail(where, f"{prefix}NATS__PASSWORD differs from the nats service's {users[user]}: the service could not log in")
         listen = env.get(f"{prefix}HTTP__LISTEN")
         port = int(listen.rsplit(":", 1)[1]) if listen else default_port(svc)
         published = [str(p).rsplit(":", 1)[-1] for p in s.get("ports", [])]
@@ -368,6 +382,86 @@ def check_compose(r: Report, compose: dict) -> None:
         for name, value in env.items():
             if name.startswith(prefix) and env_key(prefix, name) in placeholder_checked_keys(svc) and PLACEHOLDER in value.lower():
                 r.fail(where, f"{name} contains CHANGE-ME, which {svc} refuses at start: the stack would not come up")
+
+
+# ---------------------------------------------------------------------------------------------
+# NATS users: each service logs in as its own user with the password the server has for it
+
+
+AUTH_USER_RE = re.compile(r"user:\s*([\w-]+)\s+password:\s*\$(\w+)")
+
+
+def auth_users(conf: str) -> dict[str, str]:
+    """user -> the $VARIABLE holding its password, from an authorization.conf."""
+    conf = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    return dict(AUTH_USER_RE.findall(conf))
+
+
+def nats_mounts(objs: list[dict], sts: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The files of the StatefulSet's ConfigMap volumes (by file name) and the environment its
+    container gets from Secrets (envFrom)."""
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    spec = sts["spec"]["template"]["spec"]
+    names = []
+    for v in spec.get("volumes", []):
+        if "configMap" in v:
+            names.append(v["configMap"]["name"])
+        for src in v.get("projected", {}).get("sources", []):
+            if "configMap" in src:
+                names.append(src["configMap"]["name"])
+    files: dict[str, str] = {}
+    for n in names:
+        files.update((by_kind.get(("ConfigMap", n)) or {}).get("data") or {})
+    env: dict[str, str] = {}
+    for c in spec["containers"]:
+        for src in c.get("envFrom", []):
+            if "secretRef" in src:
+                sec = by_kind.get(("Secret", src["secretRef"]["name"])) or {}
+                env.update(sec.get("stringData") or {})
+    return files, env
+
+
+def nats_identities(objs: list[dict]) -> tuple[dict[str, str], set[str]]:
+    """(user -> password variable, Secrets the NATS server loads) of an overlay's NATS."""
+    sts = next((o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "nats"), None)
+    if sts is None:
+        return {}, set()
+    files, _ = nats_mounts(objs, sts)
+    secrets = {
+        src["secretRef"]["name"]
+        for c in sts["spec"]["template"]["spec"]["containers"]
+        for src in c.get("envFrom", [])
+        if "secretRef" in src
+    }
+    return auth_users(files.get("authorization.conf", "")), secrets
+
+
+def check_nats_identity(r: Report, where: str, prefix: str, env: dict[str, str], key_refs, identities) -> None:
+    users, nats_secrets = identities
+    user = env.get(f"{prefix}NATS__USER")
+    if user not in users:
+        r.fail(where, f"no NATS user: {prefix}NATS__USER is {user!r}, not a user of the authorization.conf the NATS servers include ({sorted(users)})")
+        return
+    ref = key_refs.get(f"{prefix}NATS__PASSWORD")
+    if ref is None:
+        r.fail(where, f"{prefix}NATS__PASSWORD must come from a secretKeyRef to the Secret the NATS servers load")
+    elif ref[0] not in nats_secrets or ref[1] != users[user]:
+        r.fail(where, f"{prefix}NATS__PASSWORD is Secret {ref[0]} key {ref[1]}, but the NATS servers check {user}'s password against ${users[user]} from {sorted(nats_secrets)}")
+
+
+def compose_nats_mounts(compose: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The files the compose nats service mounts into /etc/nats (by file name), and its env."""
+    nats = compose["services"].get("nats", {})
+    files: dict[str, str] = {}
+    for v in nats.get("volumes", []):
+        if isinstance(v, str) and v.startswith("./"):
+            host, target = v.split(":")[:2]
+            if target.startswith("/etc/nats/"):
+                files[target.rsplit("/", 1)[1]] = (ROOT / host).read_text()
+    env = nats.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return files, {k: str(v) for k, v in env.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,6 +613,14 @@ def self_test(rendered: dict[str, list[dict]], compose: dict) -> int:
     mutate(lambda rr, cc: obj(rr, "prod", "Secret", "gateway-socketio")["stringData"].update(GATEWAY_SOCKETIO_WIDGET__CACHE_SECS="CHANGE-ME"), "would accept")
     mutate(lambda rr, cc: obj(rr, "dev", "Deployment", "gateway-ws")["spec"]["template"]["spec"]["containers"][0]["envFrom"][1]["secretRef"].update(name="nope"), "does not exist")
     mutate(lambda rr, cc: obj(rr, "prod", "ConfigMap", "stat-aggregator")["data"].pop("STAT_AGGREGATOR_NATS__REPLICAS"), "NATS__REPLICAS=3")
+    mutate(lambda rr, cc: obj(rr, "prod", "ConfigMap", "gateway-ws")["data"].pop("GATEWAY_WS_NATS__USER"), "no NATS user")
+
+    def wrong_key(rr, cc):
+        env = obj(rr, "dev", "Deployment", "webhook-dispatcher")["spec"]["template"]["spec"]["containers"][0]["env"]
+        next(e for e in env if e["name"] == "WEBHOOK_DISPATCHER_NATS__PASSWORD")["valueFrom"]["secretKeyRef"]["key"] = "NATS_PASSWORD_ADMIN"
+
+    mutate(wrong_key, "check webhook-dispatcher's password")
+    mutate(lambda rr, cc: cc["services"]["stat-aggregator"]["environment"].update(STAT_AGGREGATOR_NATS__PASSWORD="dev-only-other"), "could not log in")
     mutate(lambda rr, cc: cc["services"]["webhook-dispatcher"]["environment"].update(WEBHOOK_DISPATCHER_API__KEY="x"), "does not read")
     mutate(lambda rr, cc: cc["services"]["webhook-dispatcher"]["environment"].update(WEBHOOK_DISPATCHER_API__KEYS='["dev-key-change-me-0123"]'), "would not come up")
     orig = load_observability
@@ -561,19 +663,34 @@ def main() -> int:
         if v.returncode != 0:
             print(v.stdout + v.stderr)
             failed = True
-        # NATS server configs shipped in ConfigMaps: parsed by a real nats-server (-t).
-        for o in objs:
-            conf = o["kind"] == "ConfigMap" and (o.get("data") or {}).get("nats.conf")
-            if conf:
-                nats = nats_server()
-                cpath = out_dir / f"{overlay.name}-{o['metadata']['name']}.conf"
-                cpath.write_text(conf)
-                n = subprocess.run([nats, "-c", str(cpath), "-t"], capture_output=True, text=True, env={"SERVER_NAME": "nats-0", "PATH": "/usr/bin:/bin"})
-                print(f"== {overlay.name}: ConfigMap {o['metadata']['name']} nats.conf, nats-server -t: {'ok' if n.returncode == 0 else 'FAILED'}")
-                if n.returncode != 0:
-                    print(n.stdout + n.stderr)
-                    failed = True
+        # The NATS server config as the StatefulSet mounts it (every ConfigMap of its config
+        # volume in one directory, so includes resolve) with the environment it gets from its
+        # Secrets (the $NATS_PASSWORD_* variables): parsed by a real nats-server (-t).
+        sts = next((o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "nats"), None)
+        if sts is not None:
+            files, env = nats_mounts(objs, sts)
+            conf_dir = out_dir / f"{overlay.name}-nats"
+            shutil.rmtree(conf_dir, ignore_errors=True)
+            conf_dir.mkdir()
+            for name, text in files.items():
+                (conf_dir / name).write_text(text)
+            n = subprocess.run([nats_server(), "-c", str(conf_dir / "nats.conf"), "-t"], capture_output=True, text=True, env={**env, "SERVER_NAME": "nats-0", "PATH": "/usr/bin:/bin"})
+            print(f"== {overlay.name}: StatefulSet nats config ({', '.join(sorted(files))}), nats-server -t: {'ok' if n.returncode == 0 else 'FAILED'}")
+            if n.returncode != 0 or "nats.conf" not in files:
+                print(n.stdout + n.stderr)
+                failed = True
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    files, env = compose_nats_mounts(compose)
+    conf_dir = out_dir / "compose-nats"
+    shutil.rmtree(conf_dir, ignore_errors=True)
+    conf_dir.mkdir()
+    for name, text in files.items():
+        (conf_dir / name).write_text(text)
+    n = subprocess.run([nats_server(), "-c", str(conf_dir / "nats.conf"), "-t"], capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
+    print(f"== docker-compose.yml: nats config ({', '.join(sorted(files))}), nats-server -t: {'ok' if n.returncode == 0 else 'FAILED'}")
+    if n.returncode != 0 or "nats.conf" not in files:
+        print(n.stdout + n.stderr)
+        failed = True
     c = subprocess.run([str(exe.parent / "python"), "-c", COMPOSE_VALIDATE, str(ROOT / "deploy" / "schema" / "compose-spec.json"), str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
     print(f"== docker-compose.yml: compose-spec JSON Schema (deploy/schema, jsonschema): {'ok' if c.returncode == 0 else 'FAILED'}")
     if c.returncode != 0:
@@ -590,6 +707,10 @@ def main() -> int:
         c = subprocess.run([str(exe.parent / "python"), "-c", COMPOSE_VALIDATE, str(ROOT / "deploy" / "schema" / "compose-spec.json"), str(bad)], capture_output=True, text=True)
         assert c.returncode != 0 and "stop_grace_periodd" in c.stdout, c.stdout + c.stderr
         print("self-test: compose-spec schema caught 'stop_grace_periodd'")
+        # nats-server must refuse the shipped config when a password variable is missing.
+        n = subprocess.run([nats_server(), "-c", str(out_dir / "prod-nats" / "nats.conf"), "-t"], capture_output=True, text=True, env={"SERVER_NAME": "nats-0", "PATH": "/usr/bin:/bin"})
+        assert n.returncode != 0 and "NATS_PASSWORD_" in n.stdout + n.stderr, n.stdout + n.stderr
+        print("self-test: nats-server -t caught a missing $NATS_PASSWORD_* variable")
         bad.unlink()
         return self_test(rendered, compose)
     r = run_all(rendered, compose)

@@ -83,6 +83,29 @@ pub fn parent_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
         .unwrap_or_default()
 }
 
+/// Makes `span` a child of the span a `traceparent` value names (a message header, or one
+/// stored with deferred work). A disabled span (no layer wants it) returns at once, without
+/// parsing; a missing or malformed value leaves the span's parent as it was. Call it before the
+/// span is first entered: from then on its OpenTelemetry parent is fixed.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(sc) = traceparent.and_then(parse_traceparent) {
+        // Without an OpenTelemetry layer (no exporter configured) there is nothing to set.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// [`set_remote_parent`] with the `traceparent` header of a received message.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    if span.is_disabled() {
+        return;
+    }
+    let value = headers.and_then(|h| h.get(TRACEPARENT));
+    set_remote_parent(span, value.map(|v| v.as_str()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The files of `proto/` against each other and against `events::subject`: every schema the
 //! AsyncAPI document names exists and every schema is named there, every schema's examples
-//! are valid against it, and every subject the services use has its channel.
+//! are valid against it, every subject the services use has its channel, and every
+//! integration Socket.IO event gateway-socketio handles or emits has its message.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -83,6 +84,12 @@ fn every_subject_in_use_has_its_channel() {
         FOLLOWED_CHATS,
         STAT_UPDATES,
         STAT_REBUILD,
+        INTEGRATION_EXECUTE,
+        INTEGRATION_STATUS,
+        PROJECT_ACCESS,
+        INTEGRATION_ROOM,
+        INTEGRATION_USAGE,
+        INTEGRATION_WEBHOOK,
     ] {
         assert!(addresses.contains(subject), "no channel for {subject}");
     }
@@ -92,10 +99,83 @@ fn every_subject_in_use_has_its_channel() {
         (ATTENTION_PUSHES, "rt.attention.{kind}"),
         (WIDGET_PUSHES, "rt.widget.{widgetKey}.update"),
         (ALL_EVENTS, "events.{domain}.{eventType}"),
+        (
+            INTEGRATION_WEBHOOKS,
+            "integrations.webhooks.{integrationId}",
+        ),
     ] {
         assert!(
             addresses.contains(address),
             "no channel {address} for {filter}"
         );
     }
+    for stream in [EVENTS_STREAM, INTEGRATION_WEBHOOKS_STREAM] {
+        assert!(
+            doc.contains(&format!("stream: {stream}\n")),
+            "no x-jetstream stream {stream}"
+        );
+    }
+}
+
+/// The `name:` of every message of the AsyncAPI document.
+fn message_names(doc: &str) -> BTreeSet<String> {
+    doc.lines()
+        .filter_map(|line| line.strip_prefix("      name: "))
+        .map(|name| name.trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .collect()
+}
+
+/// Every Socket.IO event name (`"integration:…"` string literal) in the gateway's integration
+/// module: the events it handles and the ones it emits.
+fn gateway_integration_events() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../services/gateway-socketio/src/integration");
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        for literal in source.split("\"integration:").skip(1) {
+            let Some((rest, _)) = literal.split_once('"') else {
+                continue;
+            };
+            // Room names are `format!`ed (`integration:{id}`); `"integration:"` is a prefix.
+            let event = rest
+                .split(':')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase()));
+            if event {
+                names.insert(format!("integration:{rest}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_integration_event_of_the_gateway_has_its_message() {
+    let documented: BTreeSet<String> = message_names(&asyncapi())
+        .into_iter()
+        .filter(|name| name.starts_with("integration:"))
+        .collect();
+    let in_code = gateway_integration_events();
+    // A sanity floor: the scan found the handlers and the emits.
+    for known in [
+        "integration:join",
+        "integration:execution:completed",
+        "integration:error",
+    ] {
+        assert!(in_code.contains(known), "scan missed {known}: {in_code:?}");
+    }
+    let undocumented: Vec<_> = in_code.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "events without a message: {undocumented:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&in_code).collect();
+    assert!(
+        unknown.is_empty(),
+        "messages the gateway neither handles nor emits: {unknown:?}"
+    );
 }

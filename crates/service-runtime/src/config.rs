@@ -38,7 +38,7 @@ impl ConfigError {
 }
 
 /// The marker of a secret that ships in an example or manifest and must be replaced before use
-/// (`k8s/*.yaml` ship `CHANGE-ME-...` values).
+/// (the Secrets in `k8s/base/*.yaml` and `k8s/overlays/dev` ship `CHANGE-ME-...` values).
 pub const PLACEHOLDER_MARKER: &str = "change-me";
 
 /// Refuses a secret that is still a shipped placeholder: any value containing
@@ -173,7 +173,11 @@ pub struct HttpConfig {
 }
 
 /// How to reach NATS and the limits of the streams this service provisions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Credentials: `user` + `password`, or `token`, or neither (a server without
+/// authorization). Any other combination is refused at start ([`NatsConfig::auth`]).
+/// `Debug` never shows the password or the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated: `nats://host:4222`.
     pub url: String,
@@ -185,6 +189,15 @@ pub struct NatsConfig {
     pub duplicate_window_secs: u64,
     /// JetStream replicas for streams and buckets this service provisions.
     pub replicas: usize,
+    /// NATS user name; needs `password`.
+    pub user: Option<String>,
+    /// Password of `user` (a Secret in the manifests).
+    pub password: Option<String>,
+    /// Authentication token, instead of `user` and `password`.
+    pub token: Option<String>,
+    /// A NATS `.creds` file (JWT and NKey seed). Not supported: async-nats is built without
+    /// its `nkeys` feature, so setting it is refused rather than silently ignored.
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -195,11 +208,110 @@ impl Default for NatsConfig {
             events_max_age_days: 7,
             duplicate_window_secs: 120,
             replicas: 1,
+            user: None,
+            password: None,
+            token: None,
+            credentials_file: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { Some("redacted") } else { None };
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("events_max_age_days", &self.events_max_age_days)
+            .field("duplicate_window_secs", &self.duplicate_window_secs)
+            .field("replicas", &self.replicas)
+            .field("user", &self.user)
+            .field("password", &redacted(self.password.is_some()))
+            .field("token", &redacted(self.token.is_some()))
+            .field("credentials_file", &self.credentials_file)
+            .finish()
+    }
+}
+
+/// How a service proves who it is to NATS: [`NatsConfig::auth`] parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (a server without an `authorization` block).
+    Anonymous,
+    /// `nats.user` and `nats.password`.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+    /// `nats.token`.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Anonymous => f.write_str("Anonymous"),
+            Self::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"redacted")
+                .finish(),
+            Self::Token(_) => f.write_str("Token(redacted)"),
         }
     }
 }
 
 impl NatsConfig {
+    /// The credentials these values describe. Refuses (naming the key, never the secret): a
+    /// user without a password or the reverse, a token together with a user or password,
+    /// an empty value, a shipped `CHANGE-ME` placeholder, and `credentials_file`.
+    pub fn auth(&self) -> Result<NatsAuth, ConfigError> {
+        if self.credentials_file.is_some() {
+            return Err(ConfigError::new(
+                "nats.credentials_file",
+                "is not supported by this build (async-nats without its nkeys feature): \
+                 use nats.user with nats.password, or nats.token",
+            ));
+        }
+        for (key, value) in [
+            ("nats.user", &self.user),
+            ("nats.password", &self.password),
+            ("nats.token", &self.token),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::new(key, "is empty: unset it or give a value"));
+            }
+        }
+        match (&self.user, &self.password, &self.token) {
+            (None, None, None) => Ok(NatsAuth::Anonymous),
+            (Some(user), Some(password), None) => {
+                reject_placeholder("nats.password", password)?;
+                Ok(NatsAuth::UserPassword {
+                    user: user.clone(),
+                    password: password.clone(),
+                })
+            }
+            (None, None, Some(token)) => {
+                reject_placeholder("nats.token", token)?;
+                Ok(NatsAuth::Token(token.clone()))
+            }
+            (_, _, Some(_)) => Err(ConfigError::new(
+                "nats.token",
+                "set either nats.token or nats.user with nats.password, not both",
+            )),
+            (Some(_), None, None) => Err(ConfigError::new(
+                "nats.password",
+                "is required with nats.user",
+            )),
+            (None, Some(_), None) => Err(ConfigError::new(
+                "nats.user",
+                "is required with nats.password",
+            )),
+        }
+    }
+
     /// The `EVENTS` stream settings these values describe.
     pub fn events_stream(&self) -> events::provision::StreamSettings {
         events::provision::StreamSettings {
@@ -242,6 +354,7 @@ impl NatsConfig {
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::new("nats.replicas", "must be 1 to 5"));
         }
+        self.auth()?;
         Ok(())
     }
 }
@@ -526,5 +639,78 @@ mod tests {
         );
         let required = load::<TestConfig>("SVC_", &env(&[]), CommonConfig::default(), true);
         assert_eq!(required.unwrap_err().key, "database.url");
+    }
+
+    #[test]
+    fn nats_credentials_parse_and_never_show() {
+        let anonymous = load_test(&env(&[])).unwrap();
+        assert_eq!(anonymous.common.nats.auth().unwrap(), NatsAuth::Anonymous);
+
+        let c = load_test(&env(&[
+            ("SVC_NATS__USER", "gateway-ws"),
+            ("SVC_NATS__PASSWORD", "0f3a-secret-pw"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.common.nats.auth().unwrap(),
+            NatsAuth::UserPassword {
+                user: "gateway-ws".to_owned(),
+                password: "0f3a-secret-pw".to_owned(),
+            }
+        );
+        let shown = format!("{c:?} {:?}", c.common.nats.auth().unwrap());
+        assert!(shown.contains("gateway-ws"), "{shown}");
+        assert!(!shown.contains("0f3a-secret-pw"), "{shown}");
+
+        let t = load_test(&env(&[("SVC_NATS__TOKEN", "tok-secret-value")])).unwrap();
+        assert_eq!(
+            t.common.nats.auth().unwrap(),
+            NatsAuth::Token("tok-secret-value".to_owned())
+        );
+        let shown = format!("{t:?} {:?}", t.common.nats.auth().unwrap());
+        assert!(!shown.contains("tok-secret-value"), "{shown}");
+    }
+
+    #[test]
+    fn inconsistent_nats_credentials_fail_closed() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("SVC_NATS__USER", "u")], "nats.password"),
+            (&[("SVC_NATS__PASSWORD", "p-secret")], "nats.user"),
+            (
+                &[("SVC_NATS__TOKEN", "t-secret"), ("SVC_NATS__USER", "u")],
+                "nats.token",
+            ),
+            (
+                &[
+                    ("SVC_NATS__TOKEN", "t-secret"),
+                    ("SVC_NATS__PASSWORD", "p-secret"),
+                ],
+                "nats.token",
+            ),
+            (
+                &[("SVC_NATS__USER", "u"), ("SVC_NATS__PASSWORD", "")],
+                "nats.password",
+            ),
+            (&[("SVC_NATS__TOKEN", "")], "nats.token"),
+            (
+                &[
+                    ("SVC_NATS__USER", "u"),
+                    ("SVC_NATS__PASSWORD", "CHANGE-ME-p-secret"),
+                ],
+                "nats.password",
+            ),
+            (&[("SVC_NATS__TOKEN", "change-me-t-secret")], "nats.token"),
+            (
+                &[("SVC_NATS__CREDENTIALS_FILE", "/etc/nats/service.creds")],
+                "nats.credentials_file",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let err = load_test(&env(pairs)).unwrap_err();
+            assert_eq!(err.key, *key, "{pairs:?}: {err}");
+            for (_, value) in *pairs {
+                assert!(value.len() < 2 || !err.to_string().contains(value), "{err}");
+            }
+        }
     }
 }

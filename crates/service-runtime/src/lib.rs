@@ -34,7 +34,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
-pub use config::{CommonConfig, ConfigError, ConfigSource, Settings, Validate, reject_placeholder};
+pub use config::{
+    CommonConfig, ConfigError, ConfigSource, NatsAuth, Settings, Validate, reject_placeholder,
+};
 pub use ops::{Readiness, ReadyFlag};
 
 /// Identity of a service binary.
@@ -221,7 +223,9 @@ impl ServiceContext {
     ) -> Result<Self, ServiceError> {
         // Install the recorder before anything counts, or early counts are lost.
         let _ = ops::metrics_handle();
-        let nats = nats::connect(&common.nats, name).await?;
+        // Validated at load already; an invalid combination is a configuration error (64).
+        let auth = common.nats.auth()?;
+        let nats = nats::connect(&common.nats, &auth, name).await?;
         let jetstream = jetstream::new(nats.clone());
         let mut readiness = Readiness::default();
 

@@ -1,5 +1,10 @@
 //! The NATS connection: started in the background with retry and capped exponential backoff,
 //! so a service comes up (not ready) while NATS is away and becomes ready when it answers.
+//!
+//! Each service connects as its own NATS user ([`NatsAuth`], from `nats.user` / `nats.password`
+//! or `nats.token`) and receives replies on its own inbox prefix ([`inbox_prefix`]), so the
+//! server's per-user permissions (`k8s/base/nats/authorization.conf`) can keep every other
+//! user from reading them.
 
 use std::time::Duration;
 
@@ -8,18 +13,40 @@ use async_nats::{Client, ConnectOptions, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::NatsConfig;
+use crate::config::{NatsAuth, NatsConfig};
 
 /// Why the client could not be created (bad options; unreachable servers are retried instead).
 #[derive(Debug, thiserror::Error)]
 #[error("connecting to nats: {0}")]
 pub struct NatsError(#[from] async_nats::ConnectError);
 
-/// Connects with retries forever; disconnects and reconnects are logged and counted
-/// (`nats_connection_events_total{event}`).
-pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Client, NatsError> {
-    let options = ConnectOptions::new()
+/// The inbox prefix of a service's client: `_INBOX_<client_name>`. Request replies, JetStream
+/// API answers and consumer deliveries arrive under `_INBOX_<client_name>.>`, which the
+/// service's NATS user alone may subscribe to (the default `_INBOX.>` would let any user with
+/// that permission read every reply).
+pub fn inbox_prefix(client_name: &str) -> String {
+    format!("_INBOX_{client_name}")
+}
+
+/// Connects as `auth` with retries forever; disconnects and reconnects are logged and counted
+/// (`nats_connection_events_total{event}`). Refused credentials and permission violations
+/// arrive as `server_error` events (the server's text names the user or subject, never a
+/// secret); the client keeps retrying, and `/readyz` stays 503 until it is connected.
+pub async fn connect(
+    config: &NatsConfig,
+    auth: &NatsAuth,
+    client_name: &str,
+) -> Result<Client, NatsError> {
+    let options = match auth {
+        NatsAuth::Anonymous => ConnectOptions::new(),
+        NatsAuth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(token) => ConnectOptions::with_token(token.clone()),
+    };
+    let options = options
         .name(client_name)
+        .custom_inbox_prefix(inbox_prefix(client_name))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(config.connect_timeout_secs))

@@ -70,18 +70,60 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra: Option<ExtraConfig>,
+}
+
+/// A config file included by the server, and the environment its `$VARIABLES` come from.
+#[derive(Debug)]
+struct ExtraConfig {
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn_nats(dir.path(), None);
+        let (child, port) = spawn_nats(dir.path(), None, None);
         Self {
             child: Some(child),
             port,
             dir,
+            extra: None,
         }
+    }
+
+    /// Like [`Self::start`], with the server config file `include` (e.g. the shipped
+    /// `authorization` block) included as it is, and `env` as the server's environment (the
+    /// `$VARIABLE`s it refers to). The server logs to a file: see [`Self::log`].
+    pub fn start_with_include(include: &Path, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // `include` paths are relative to the including file: copy it next to it.
+        std::fs::copy(include, dir.path().join("included.conf"))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", include.display()));
+        std::fs::write(
+            dir.path().join("server.conf"),
+            "include \"included.conf\"\n",
+        )
+        .unwrap();
+        let extra = ExtraConfig {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let (child, port) = spawn_nats(dir.path(), None, Some(&extra));
+        Self {
+            child: Some(child),
+            port,
+            dir,
+            extra: Some(extra),
+        }
+    }
+
+    /// What the server logged so far (servers from [`Self::start_with_include`]; empty
+    /// otherwise): errors such as `Publish Violation - Subject "..."` name the user.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -100,7 +142,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, _) = spawn_nats(self.dir.path(), Some(self.port));
+        let (child, _) = spawn_nats(self.dir.path(), Some(self.port), self.extra.as_ref());
         self.child = Some(child);
     }
 }
@@ -111,14 +153,24 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn_nats(dir: &Path, port: Option<u16>) -> (Child, u16) {
+fn spawn_nats(dir: &Path, port: Option<u16>, extra: Option<&ExtraConfig>) -> (Child, u16) {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).unwrap();
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        if let Some(extra) = extra {
+            command
+                .arg("-c")
+                .arg(dir.join("server.conf"))
+                .arg("-l")
+                .arg(dir.join("nats.log"))
+                .env_clear()
+                .envs(extra.env.iter().map(|(k, v)| (k, v)));
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(dir.join("store"))
             .arg("--ports_file_dir")

@@ -1,8 +1,8 @@
 //! Webhook signatures: how a receiver proves that a webhook came from the sender that holds
 //! the shared secret, and (for the schemes that sign a timestamp) that it is recent.
 //!
-//! One module per scheme, each with the same shape, so signing (today in webhook-dispatcher)
-//! can join the verification beside it:
+//! One module per scheme, each with the same shape: signing (webhook-dispatcher's outbound
+//! deliveries) beside verification (integrations-runner's inbound webhooks):
 //!
 //! | module | headers | signed bytes | encoding |
 //! |---|---|---|---|
@@ -11,7 +11,9 @@
 //! | [`standard`] | `webhook-id: I`, `webhook-timestamp: T`, `webhook-signature: v1,S[ v1,S…]` | `"{I}.{T}.{body}"` | base64 |
 //! | [`hmac_header`] | a configured header, optional prefix | `body` | hex or base64 |
 //!
-//! All of them are HMAC-SHA256. Comparisons are constant time (`hmac`'s `verify_slice`), a
+//! All of them are HMAC-SHA256. A sender on a hot path prepares each secret once as an
+//! [`HmacKey`] (or a [`standard::SigningKey`], which holds one) and appends signatures into
+//! its own header buffer with the schemes' `write_signature`, so signing allocates nothing. Comparisons are constant time (`hmac`'s `verify_slice`), a
 //! header carrying several signatures (a sender rotating its secret) passes when any one
 //! matches, and the signed timestamp must lie within a [`Tolerance`] of the receiver's clock in
 //! either direction. Failures are typed ([`VerifyError`]); no error repeats a secret.
@@ -27,6 +29,8 @@ pub mod standard;
 pub mod stripe;
 
 use http::{HeaderMap, HeaderName};
+
+pub use mac::HmacKey;
 
 /// How far a signed timestamp may be from the receiver's clock, in either direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,21 +10,69 @@ pub(crate) type HmacSha256 = Hmac<Sha256>;
 /// SHA-256's block size: HMAC hashes a longer key, and zero-pads a shorter one to it.
 const BLOCK: usize = 64;
 
-/// An HMAC-SHA256 over the concatenation of `parts`. Built from the RFC 2104 block key
-/// (hashed when longer than a block, zero-padded) so that it is infallible for any key length,
-/// exactly like `Mac::new_from_slice` (unit-tested against it).
+/// An HMAC-SHA256 key with its setup done once: the padded key blocks are already hashed, so
+/// each message signed with it saves two SHA-256 compressions and allocates nothing. Build one
+/// per secret and reuse it for every message that secret signs. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct HmacKey(HmacSha256);
+
+impl HmacKey {
+    /// Prepares `key`, of any length. Built from the RFC 2104 block key (hashed when longer
+    /// than a block, zero-padded) so that it is infallible, exactly like `Mac::new_from_slice`
+    /// (unit-tested against it).
+    pub fn new(key: &[u8]) -> Self {
+        let mut block = [0u8; BLOCK];
+        if key.len() > BLOCK {
+            block[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        Self(<HmacSha256 as KeyInit>::new(&block.into()))
+    }
+
+    /// An HMAC over the concatenation of `parts`, started from the prepared state.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey(redacted)")
+    }
+}
+
+/// An HMAC-SHA256 keyed with `key` over the concatenation of `parts`, for a key used once.
 pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
+    HmacKey::new(key).mac(parts)
+}
+
+/// A Unix timestamp's decimal digits, formatted on the stack: the signed text of every
+/// timestamped scheme, built per message without allocating.
+pub(crate) struct Decimal {
+    buf: [u8; 20],
+    len: usize,
+}
+
+impl Decimal {
+    /// `value` in decimal (`-9223372036854775808`, the longest, is 20 bytes).
+    pub(crate) fn new(value: i64) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 20];
+        let mut rest = &mut buf[..];
+        // 20 bytes hold every i64, so the write cannot run out of room.
+        let _ = write!(rest, "{value}");
+        let len = 20 - rest.len();
+        Self { buf, len }
     }
-    let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
-    for part in parts {
-        mac.update(part);
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
-    mac
 }
 
 /// Whether any candidate equals the MAC's output, each compared in constant time. Every
@@ -42,13 +90,19 @@ pub(crate) fn tag(mac: HmacSha256) -> [u8; 32] {
 
 /// Lowercase hex.
 pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    hex_encode_into(bytes, &mut out);
+    out
+}
+
+/// Appends lowercase hex to `out`.
+pub(crate) fn hex_encode_into(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    out
 }
 
 /// Hex in either case; `None` when not an even number of hex digits.
@@ -88,6 +142,26 @@ mod tests {
                 <[u8; 32]>::from(theirs.finalize().into_bytes()),
                 "key length {len}"
             );
+        }
+    }
+
+    #[test]
+    fn a_prepared_key_signs_like_a_fresh_one_every_time() {
+        let key = HmacKey::new(b"prepared");
+        let fresh = tag(hmac(b"prepared", &[b"one"]));
+        assert_eq!(tag(key.mac(&[b"one"])), fresh);
+        assert_eq!(
+            tag(key.mac(&[b"o", b"ne"])),
+            fresh,
+            "the state is not consumed"
+        );
+        assert_eq!(format!("{key:?}"), "HmacKey(redacted)");
+    }
+
+    #[test]
+    fn timestamps_format_like_to_string() {
+        for value in [0, 7, -1, 1_763_700_000, i64::MAX, i64::MIN] {
+            assert_eq!(Decimal::new(value).as_bytes(), value.to_string().as_bytes());
         }
     }
 

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 
-use crate::mac::{hmac, matches_any, tag};
+use crate::mac::{Decimal, HmacKey, matches_any, tag};
 use crate::{MAX_SIGNATURES, Malformation, Tolerance, VerifyError};
 
 /// The message id header; the same on every retry of one message.
@@ -19,10 +19,25 @@ pub const TIMESTAMP_HEADER: HeaderName = HeaderName::from_static("webhook-timest
 pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("webhook-signature");
 /// Prefix of secrets in Standard Webhooks form.
 pub const SECRET_PREFIX: &str = "whsec_";
+/// The length of one `v1,<base64>` entry: `v1,` and 44 characters of base64 for 32 bytes.
+pub const SIGNATURE_LEN: usize = 3 + 44;
 
-/// The key a `whsec_<base64>` secret encodes. Its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKey(Vec<u8>);
+/// The key a `whsec_<base64>` secret encodes, with its HMAC setup done once (see
+/// [`HmacKey`]): parse a secret once and sign every message with it. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct SigningKey {
+    bytes: Vec<u8>,
+    hmac: HmacKey,
+}
+
+/// Keys are equal when their bytes are (the prepared state follows from them).
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for SigningKey {}
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,20 +64,45 @@ impl SigningKey {
         if key.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(Self(key))
+        Ok(Self::from_bytes(key))
     }
 
     /// A key of these bytes.
     pub fn from_bytes(key: Vec<u8>) -> Self {
-        Self(key)
+        Self {
+            hmac: HmacKey::new(&key),
+            bytes: key,
+        }
+    }
+
+    /// How many bytes the key has, for a sender's policy on key strength.
+    pub fn key_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The prepared HMAC key, for signing another scheme's header with the same secret.
+    pub fn hmac_key(&self) -> &HmacKey {
+        &self.hmac
     }
 }
 
 /// One `v1,<base64>` entry for `key`.
 pub fn sign(key: &SigningKey, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let t = timestamp.to_string();
-    let mac = hmac(&key.0, &[id.as_bytes(), b".", t.as_bytes(), b".", body]);
-    format!("v1,{}", STANDARD.encode(tag(mac)))
+    let mut out = String::with_capacity(SIGNATURE_LEN);
+    write_signature(key, id, timestamp, body, &mut out);
+    out
+}
+
+/// Appends one `v1,<base64>` entry for `key` to `out` ([`SIGNATURE_LEN`] bytes), allocating
+/// nothing when `out` has room: a sender assembling a header of several entries (one per
+/// active secret, space-separated) writes each into the same buffer.
+pub fn write_signature(key: &SigningKey, id: &str, timestamp: i64, body: &[u8], out: &mut String) {
+    let t = Decimal::new(timestamp);
+    let mac = key
+        .hmac
+        .mac(&[id.as_bytes(), b".", t.as_bytes(), b".", body]);
+    out.push_str("v1,");
+    STANDARD.encode_string(tag(mac), out);
 }
 
 /// Verifies the three headers of a request.
@@ -109,10 +149,9 @@ pub fn verify_parts(
     if candidates.is_empty() {
         return Err(malformed(Malformation::NoSignature));
     }
-    let mac = hmac(
-        &key.0,
-        &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-    );
+    let mac = key
+        .hmac
+        .mac(&[id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
     if !matches_any(&mac, &candidates) {
         return Err(VerifyError::Mismatch);
     }
@@ -137,6 +176,16 @@ mod tests {
         assert_eq!(SigningKey::parse("whsec_!!"), Err(KeyError::NotBase64));
         assert_eq!(SigningKey::parse("whsec_"), Err(KeyError::Empty));
         assert_eq!(format!("{:?}", key()), "SigningKey(redacted)");
+    }
+
+    #[test]
+    fn entries_append_and_have_the_announced_length() {
+        let mut header = String::from("v1a,other ");
+        write_signature(&key(), "msg_1", 100, b"{}", &mut header);
+        let entry = header.strip_prefix("v1a,other ").unwrap();
+        assert_eq!(entry, sign(&key(), "msg_1", 100, b"{}"));
+        assert_eq!(entry.len(), SIGNATURE_LEN);
+        assert_eq!(key().key_len(), b"secret-key-bytes-12345678".len());
     }
 
     #[test]

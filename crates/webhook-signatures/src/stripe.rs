@@ -4,16 +4,27 @@
 
 use http::{HeaderMap, HeaderName};
 
-use crate::mac::{hex_decode, hex_encode, hmac, matches_any, tag};
+use crate::mac::{Decimal, HmacKey, hex_decode, hex_encode_into, matches_any, tag};
 use crate::{MAX_SIGNATURES, Malformation, Tolerance, VerifyError};
 
 /// The signature header (lowercase, as `http` stores names).
 pub const HEADER: HeaderName = HeaderName::from_static("stripe-signature");
+/// The length of one signature: 64 hex digits.
+pub const SIGNATURE_LEN: usize = 64;
 
 /// Hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let t = timestamp.to_string();
-    hex_encode(&tag(hmac(secret, &[t.as_bytes(), b".", body])))
+    let mut out = String::with_capacity(SIGNATURE_LEN);
+    write_signature(&HmacKey::new(secret), timestamp, body, &mut out);
+    out
+}
+
+/// Appends the hex HMAC-SHA256 of `"{timestamp}.{body}"` under a prepared key to `out`
+/// ([`SIGNATURE_LEN`] bytes), allocating nothing when `out` has room: a sender writing
+/// `t=T,v1=S[,v1=S…]` for several secrets writes each `S` into the same buffer.
+pub fn write_signature(key: &HmacKey, timestamp: i64, body: &[u8], out: &mut String) {
+    let t = Decimal::new(timestamp);
+    hex_encode_into(&tag(key.mac(&[t.as_bytes(), b".", body])), out);
 }
 
 /// The `Stripe-Signature` value a sender holding `secret` puts on `body` at `timestamp`.
@@ -46,6 +57,17 @@ pub fn verify_header(
     now: i64,
     tolerance: Tolerance,
 ) -> Result<(), VerifyError> {
+    verify_header_with_key(&HmacKey::new(secret), header, body, now, tolerance)
+}
+
+/// [`verify_header`] under a prepared key.
+pub fn verify_header_with_key(
+    key: &HmacKey,
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance: Tolerance,
+) -> Result<(), VerifyError> {
     let malformed = |what| VerifyError::malformed(&HEADER, what);
     let mut timestamp = None;
     let mut candidates = Vec::new();
@@ -70,7 +92,7 @@ pub fn verify_header(
     if candidates.is_empty() {
         return Err(malformed(Malformation::NoSignature));
     }
-    if !matches_any(&hmac(secret, &[t.as_bytes(), b".", body]), &candidates) {
+    if !matches_any(&key.mac(&[t.as_bytes(), b".", body]), &candidates) {
         return Err(VerifyError::Mismatch);
     }
     tolerance.check(timestamp, now)
@@ -96,6 +118,19 @@ mod tests {
         assert_eq!(
             verify_header(b"other", &header, b"{}", 1000, Tolerance::DEFAULT),
             Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_prepared_key_signs_and_verifies_like_the_secret() {
+        let key = HmacKey::new(SECRET);
+        let mut out = String::from("t=1000,v1=");
+        write_signature(&key, 1000, b"{}", &mut out);
+        assert_eq!(out, sign(SECRET, 1000, b"{}"));
+        assert_eq!(signature(SECRET, 1000, b"{}").len(), SIGNATURE_LEN);
+        assert_eq!(
+            verify_header_with_key(&key, &out, b"{}", 1000, Tolerance::DEFAULT),
+            Ok(())
         );
     }
 

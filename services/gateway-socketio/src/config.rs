@@ -553,7 +553,7 @@ impl Default for MetricsConfig {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        // Shipped placeholders (k8s/gateway-socketio.yaml) are refused whether or not the
+        // Shipped placeholders (k8s/base/gateway-socketio.yaml) are refused whether or not the
         // value is in use: a deployment that still carries one was not finished.
         reject_placeholder("admin.secret", &self.admin.secret)?;
         for (i, key) in self.api.keys.iter().enumerate() {

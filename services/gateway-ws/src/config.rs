@@ -174,7 +174,7 @@ impl Validate for Config {
                 "at least one non-empty secret is required",
             ));
         }
-        // k8s/gateway-ws.yaml ships `CHANGE-ME-...` values; a gateway checking cookies against a
+        // k8s/base/gateway-ws.yaml ships `CHANGE-ME-...` values; a gateway checking cookies against a
         // published secret accepts cookies anyone can forge.
         for secret in &s.secrets {
             reject_placeholder("session.secrets", secret)?;

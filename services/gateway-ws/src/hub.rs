@@ -8,6 +8,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use events::surface::{WsChannel, ws_message, ws_route};
+use events::trace_context::set_parent_from_headers;
 use futures_util::StreamExt;
 
 use tokio::sync::broadcast;
@@ -87,7 +88,33 @@ pub async fn relay(
             continue;
         };
         relayed.increment(1);
-        let frame = Frame::from(ws_message(&envelope, route));
-        delivered.increment(hub.publish(route.channel, frame) as u64);
+        let span = relay_span(&message, &envelope, route.channel);
+        let recipients = span.in_scope(|| {
+            let frame = Frame::from(ws_message(&envelope, route));
+            hub.publish(route.channel, frame)
+        });
+        span.record("recipients", recipients);
+        delivered.increment(recipients as u64);
     }
+}
+
+/// One span per relayed event (not per recipient), a child of the publisher's span named by the
+/// message's `traceparent`. At `info`, so it exists only while a layer wants it; the header is
+/// parsed only then (see [`events::trace_context::set_parent_from_headers`]).
+fn relay_span(
+    message: &async_nats::Message,
+    envelope: &events::Envelope,
+    channel: WsChannel,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "ws.relay",
+        otel.kind = "consumer",
+        subject = %message.subject,
+        event.id = %envelope.id,
+        event.type = %envelope.event_type,
+        channel = channel.as_str(),
+        recipients = tracing::field::Empty,
+    );
+    set_parent_from_headers(&span, message.headers.as_ref());
+    span
 }

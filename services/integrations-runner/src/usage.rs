@@ -3,13 +3,16 @@
 //! increments `integration_usage`, with `integrations.last_used_at` moved forward.
 //!
 //! A failed flush keeps its counts (up to `usage.max_pending_rows` keys; past it new keys are
-//! dropped and counted) and is retried at the next tick. When the batch is refused by the
-//! database itself (not a connection failure), it is retried row by row and a row the database
-//! still refuses (e.g. its integration was deleted) is dropped and counted: a poison row never
-//! blocks the others and is never retried forever. After each flush one `rt.integration.usage`
-//! is published per touched integration (coalesced: at most one per integration per flush).
+//! dropped and counted) and is retried at the next tick. When the batch is refused because of
+//! a row (see [`refuses_the_row`]: its integration was deleted, a counter would overflow), it is
+//! retried row by row and a row the database still refuses is dropped and counted: a poison row
+//! never blocks the others and is never retried forever. Any other failure, a database that
+//! does not answer or answers with an error that is not about the rows (not accepting
+//! connections, restarting, a deadlock, a timeout), keeps every count. After each flush one
+//! `rt.integration.usage` is published per integration that had a row written (coalesced: at
+//! most one per integration per flush).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -197,19 +200,21 @@ impl UsageRecorder {
         if pending.counts.is_empty() && pending.last_used.is_empty() {
             return HashMap::new();
         }
-        match write_batch(pool, &pending).await {
-            Ok(()) => {}
-            Err(sqlx::Error::Database(_)) => {
+        let landed = match write_batch(pool, &pending).await {
+            Ok(()) => None,
+            Err(err) if refuses_the_row(&err) => {
                 metrics::counter!("integration_usage_flush_failures_total", "kind" => "batch_refused").increment(1);
-                if let Err(kept) = write_rows(pool, pending.counts.iter()).await {
-                    // The database stopped answering midway: keep the rest for the next tick.
-                    self.restore(Pending {
-                        counts: kept,
-                        last_used: pending.last_used,
-                    });
-                    return HashMap::new();
+                match write_rows(pool, &pending.counts).await {
+                    Ok(landed) => Some(landed),
+                    Err(kept) => {
+                        // The database stopped taking rows midway: keep the rest for the next tick.
+                        self.restore(Pending {
+                            counts: kept,
+                            last_used: pending.last_used,
+                        });
+                        return HashMap::new();
+                    }
                 }
-                let _ = write_last_used(pool, &pending.last_used).await;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "usage flush failed; kept for the next one");
@@ -217,9 +222,21 @@ impl UsageRecorder {
                 self.restore(pending);
                 return HashMap::new();
             }
+        };
+        let mut touched = pending.last_used;
+        if let Some(landed) = landed {
+            // Only integrations with a row written have new usage to announce (a deleted one
+            // has none).
+            touched.retain(|id, _| landed.contains(id));
+            if let Err(err) = write_last_used(pool, &touched).await {
+                tracing::warn!(error = %err, "recording last use failed; kept for the next flush");
+                self.restore(Pending {
+                    counts: HashMap::new(),
+                    last_used: touched.clone(),
+                });
+            }
         }
-        pending
-            .last_used
+        touched
             .into_iter()
             .map(|(id, (project, _))| (id, project))
             .collect()
@@ -283,9 +300,26 @@ async fn publish(pool: &PgPool, nats: &async_nats::Client, id: &str, project: &s
     }
 }
 
+/// Whether the database refused a write because of the row itself: SQLSTATE class 22 (data
+/// exception: a counter past `int8`) or 23 (integrity constraint: the integration was deleted).
+/// Any other refusal (`55000` not accepting connections, `57P01` restarting, `28P01` a rotated
+/// password, `40P01` a deadlock, `57014` a statement timeout, `25006` a read-only replica, a
+/// missing table) says nothing about the row: dropping it would lose counts that land later.
+fn refuses_the_row(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
 async fn write_batch(pool: &PgPool, pending: &Pending) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<_> = pending.counts.iter().collect();
+    // In key order, so that replicas flushing the same keys lock them in the same order
+    // rather than deadlock.
+    let mut rows: Vec<_> = pending.counts.iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     sqlx::query(UPSERT)
         .bind(
             rows.iter()
@@ -314,21 +348,27 @@ async fn write_last_used<'e, E>(
 where
     E: sqlx::PgExecutor<'e>,
 {
+    // In id order, like the rows (see `write_batch`).
+    let mut rows: Vec<_> = last_used.iter().map(|(id, (_, at))| (id, *at)).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
     sqlx::query(LAST_USED)
-        .bind(last_used.keys().cloned().collect::<Vec<_>>())
-        .bind(last_used.values().map(|(_, at)| *at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(id, _)| (*id).clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, at)| *at).collect::<Vec<_>>())
         .execute(executor)
         .await
         .map(|_| ())
 }
 
-/// Writes rows one by one; a row the database refuses is dropped and counted. `Err` with the
-/// rows not yet written when the database stops answering.
-async fn write_rows<'a>(
+/// Writes rows one by one, in key order; a row the database refuses ([`refuses_the_row`]) is
+/// dropped and counted. `Ok` with the integrations that had a row written; `Err` with the rows
+/// not yet written when the database stops taking them for another reason.
+async fn write_rows(
     pool: &PgPool,
-    rows: impl Iterator<Item = (&'a Key, &'a Counts)>,
-) -> Result<(), HashMap<Key, Counts>> {
-    let rows: Vec<_> = rows.collect();
+    counts: &HashMap<Key, Counts>,
+) -> Result<HashSet<String>, HashMap<Key, Counts>> {
+    let mut rows: Vec<_> = counts.iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut landed = HashSet::new();
     for (i, (key, counts)) in rows.iter().enumerate() {
         let result = sqlx::query(UPSERT)
             .bind(vec![key.integration.clone()])
@@ -340,17 +380,20 @@ async fn write_rows<'a>(
             .execute(pool)
             .await;
         match result {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(err)) => {
+            Ok(_) => {
+                landed.insert(key.integration.clone());
+            }
+            Err(err) if refuses_the_row(&err) => {
                 tracing::warn!(integration = %key.integration, error = %err, "usage row refused; dropped");
                 metrics::counter!("integration_usage_poison_rows_total").increment(1);
             }
-            Err(_) => {
+            Err(err) => {
+                tracing::warn!(error = %err, "usage flush failed midway; the rest kept for the next one");
                 return Err(rows[i..].iter().map(|(k, c)| ((*k).clone(), **c)).collect());
             }
         }
     }
-    Ok(())
+    Ok(landed)
 }
 
 /// The usage of integration `id`: total, today (UTC) and per endpoint.

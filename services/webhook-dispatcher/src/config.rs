@@ -54,6 +54,10 @@ pub struct DeliveryConfig {
     pub lease_secs: u64,
     /// Milliseconds between polls when nothing is due.
     pub poll_interval_ms: u64,
+    /// While attempts are in flight, milliseconds the claim loop lets freed capacity gather
+    /// before its next claim, so that claims stay batched under load (one claim per finished
+    /// attempt would cost a database round trip per delivery). 0: claim at once.
+    pub claim_linger_ms: u64,
     /// Seconds to establish a connection.
     pub connect_timeout_secs: u64,
     /// Seconds for a whole attempt, body included.
@@ -140,6 +144,7 @@ impl Default for DeliveryConfig {
             claim_batch: 200,
             lease_secs: 60,
             poll_interval_ms: 250,
+            claim_linger_ms: 2,
             connect_timeout_secs: 5,
             timeout_secs: 15,
             max_response_body_bytes: 4096,
@@ -215,6 +220,7 @@ impl Validate for Config {
                 d.default_max_concurrency >= 1,
             ),
             ("delivery.poll_interval_ms", d.poll_interval_ms >= 1),
+            ("delivery.claim_linger_ms", d.claim_linger_ms <= 1_000),
             ("delivery.retry_base_ms", d.retry_base_ms >= 1),
             ("retention.days", self.retention.days >= 1),
             ("retention.interval_secs", self.retention.interval_secs >= 1),
@@ -256,7 +262,7 @@ mod tests {
 
     #[test]
     fn shipped_placeholder_secrets_are_refused_naming_the_key() {
-        // The values k8s/webhook-dispatcher.yaml ships.
+        // The values k8s/base/webhook-dispatcher.yaml ships.
         let err =
             load(&[("API__KEYS", r#"["CHANGE-ME-example-api-key-0123456789"]"#)]).unwrap_err();
         assert_eq!(err.key, "api.keys");

@@ -16,8 +16,12 @@ use uuid::Uuid;
 
 use service_runtime::{Backoff, ReadyFlag};
 
-use crate::store::Store;
+use crate::store::{OutboxEvent, Store};
 use events::pattern::{Pattern, any_matches};
+use events::trace_context::{TRACEPARENT, format_traceparent, parse_traceparent};
+
+/// How long intake waits for more events after the first of a batch.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// How long the in-memory copy of subscription patterns is trusted. Changes made through this
 /// replica's API apply at once; other replicas' within this bound.
@@ -133,8 +137,10 @@ async fn consume(
         .messages()
         .await?;
     loop {
-        // Wait for one event, then take whatever else is already here (up to `batch`): low
-        // latency when idle, large transactions under load.
+        // Wait for one event, then take whatever else arrives within `GATHER` (up to
+        // `batch`): low latency when idle, large transactions under load (taking only what
+        // was already buffered made transactions of a few events, each waiting for its own
+        // WAL flush).
         let first = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             next = messages.next() => match next {
@@ -144,10 +150,18 @@ async fn consume(
         };
         let mut received = Vec::with_capacity(batch);
         received.push(first);
+        let gather_until = tokio::time::Instant::now() + GATHER;
         while received.len() < batch {
-            match messages.next().now_or_never() {
-                Some(Some(m)) => received.push(m?),
-                _ => break,
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None => match tokio::time::timeout_at(gather_until, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(m) => received.push(m?),
+                None => break,
             }
         }
         if received.is_empty() {
@@ -177,9 +191,13 @@ async fn consume(
                 }
             }
             if matched {
-                // The exact bytes are what gets signed and sent.
-                let payload = String::from_utf8_lossy(&message.payload).into_owned();
-                event_rows.push((envelope.id, event_type.to_owned(), payload));
+                event_rows.push(OutboxEvent {
+                    id: envelope.id,
+                    event_type: event_type.to_owned(),
+                    // The exact bytes are what gets signed and sent.
+                    payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                    traceparent: stored_traceparent(message.headers.as_ref()),
+                });
             }
             to_ack.push(message);
         }
@@ -195,5 +213,32 @@ async fn consume(
         for m in &to_ack {
             m.ack().await?;
         }
+    }
+}
+
+/// The `traceparent` to store with an event: the message's header when it is well-formed, in
+/// its canonical form. Attempts are made later, from PostgreSQL, and join that trace.
+fn stored_traceparent(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    let value = headers?.get(TRACEPARENT)?;
+    parse_traceparent(value.as_str()).map(|cx| format_traceparent(&cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_traceparents_are_stored() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TRACEPARENT, format!(" {tp} ").as_str());
+        assert_eq!(stored_traceparent(Some(&headers)).as_deref(), Some(tp));
+        headers.insert(TRACEPARENT, "00-garbage");
+        assert_eq!(stored_traceparent(Some(&headers)), None);
+        assert_eq!(
+            stored_traceparent(Some(&async_nats::HeaderMap::new())),
+            None
+        );
+        assert_eq!(stored_traceparent(None), None);
     }
 }

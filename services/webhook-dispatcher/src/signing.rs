@@ -6,26 +6,31 @@
 //! - Standard Webhooks: `webhook-id: I`, `webhook-timestamp: T`,
 //!   `webhook-signature: v1,<base64(HMAC-SHA256(key, "I.T.B"))>` — one space-separated entry
 //!   per active secret, so any Standard Webhooks library verifies deliveries.
-//! - `X-Webhook-Signature: t=T,v1=<hex(HMAC-SHA256(key, "T.B"))>[,v1=...]` — the seed's header;
-//!   the timestamp is signed so receivers can reject replays (compare `t` with their clock).
+//! - `X-Webhook-Signature: t=T,v1=<hex(HMAC-SHA256(key, "T.B"))>[,v1=...]` — the seed's header,
+//!   Stripe's scheme keyed with the same decoded key; the timestamp is signed so receivers can
+//!   reject replays (compare `t` with their clock).
+//!
+//! The schemes themselves are `webhook_signatures::{standard, stripe}`; this module holds what
+//! is the dispatcher's own: which secrets it accepts and issues, and the two headers assembled
+//! from every active secret. Signing prepares each key's HMAC state once (at parse) for both
+//! headers and writes both into buffers sized up front: two allocations per delivery.
+
+use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use webhook_signatures::{Tolerance, standard, stripe};
 
 /// Prefix of secrets in Standard Webhooks form.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub use webhook_signatures::standard::SECRET_PREFIX;
 
-/// A signing secret's key bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKey(Vec<u8>);
+/// The key lengths the dispatcher accepts: at least 192 bits, at most one SHA-256 block
+/// (Svix issues 24-byte keys; [`generate_secret`] 32-byte ones).
+const KEY_LEN: std::ops::RangeInclusive<usize> = 24..=64;
 
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningKey(redacted)")
-    }
-}
+/// A signing secret accepted by the dispatcher: a Standard Webhooks key of [`KEY_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey(standard::SigningKey);
 
 /// Why a string is not a signing secret. Never repeats the secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -42,22 +47,20 @@ pub enum SigningKeyError {
 }
 
 impl SigningKey {
-    /// Decodes `whsec_<base64>`.
+    /// Decodes `whsec_<base64>`. Stricter than the scheme: the prefix is required (a bare
+    /// base64 string is more likely a mistake than a key) and the length is bounded.
     pub fn parse(secret: &str) -> Result<Self, SigningKeyError> {
-        let encoded = secret
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(SigningKeyError::MissingPrefix)?;
-        let key = STANDARD
-            .decode(encoded)
-            .map_err(|_| SigningKeyError::NotBase64)?;
-        if !(24..=64).contains(&key.len()) {
+        if !secret.starts_with(SECRET_PREFIX) {
+            return Err(SigningKeyError::MissingPrefix);
+        }
+        let key = standard::SigningKey::parse(secret).map_err(|why| match why {
+            standard::KeyError::NotBase64 => SigningKeyError::NotBase64,
+            standard::KeyError::Empty => SigningKeyError::Length,
+        })?;
+        if !KEY_LEN.contains(&key.key_len()) {
             return Err(SigningKeyError::Length);
         }
         Ok(Self(key))
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC-SHA256 takes keys of any length")
     }
 }
 
@@ -65,26 +68,6 @@ impl SigningKey {
 pub fn generate_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes))
-}
-
-/// `v1,<base64>` for one key (Standard Webhooks).
-pub fn standard_signature(key: &SigningKey, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = key.mac();
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// Hex HMAC-SHA256 of `"T.B"` for the `X-Webhook-Signature` header.
-pub fn seed_signature(key: &SigningKey, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = key.mac();
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    hex(&mac.finalize().into_bytes())
 }
 
 /// The signature headers of one delivery, for every active key.
@@ -96,36 +79,36 @@ pub struct SignatureHeaders {
     pub x_webhook_signature: String,
 }
 
-/// Signs a delivery with every key.
+/// `t=` and the longest i64.
+const SEED_PREFIX_MAX: usize = 2 + 20;
+/// `,v1=` and one hex signature.
+const SEED_ENTRY_LEN: usize = 4 + stripe::SIGNATURE_LEN;
+
+/// Signs a delivery with every key, in order.
 pub fn sign(keys: &[SigningKey], id: &str, timestamp: i64, body: &[u8]) -> SignatureHeaders {
-    let webhook_signature = keys
-        .iter()
-        .map(|k| standard_signature(k, id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut x = format!("t={timestamp}");
-    for key in keys {
-        x.push_str(",v1=");
-        x.push_str(&seed_signature(key, timestamp, body));
+    let mut webhook_signature = String::with_capacity(keys.len() * (standard::SIGNATURE_LEN + 1));
+    let mut x_webhook_signature =
+        String::with_capacity(SEED_PREFIX_MAX + keys.len() * SEED_ENTRY_LEN);
+    // Writing into a String cannot fail.
+    let _ = write!(x_webhook_signature, "t={timestamp}");
+    for (i, SigningKey(key)) in keys.iter().enumerate() {
+        if i > 0 {
+            webhook_signature.push(' ');
+        }
+        standard::write_signature(key, id, timestamp, body, &mut webhook_signature);
+        x_webhook_signature.push_str(",v1=");
+        stripe::write_signature(key.hmac_key(), timestamp, body, &mut x_webhook_signature);
     }
     SignatureHeaders {
         webhook_signature,
-        x_webhook_signature: x,
+        x_webhook_signature,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 /// Verifies an `X-Webhook-Signature` value against a secret in constant time, within
-/// `tolerance_secs` of `now` (what receivers should do; used by tests and tools).
+/// `tolerance_secs` of `now` (what receivers should do; used by tests and tools). A negative
+/// tolerance admits only the exact second. The header is checked as Stripe's libraries check
+/// theirs (`webhook_signatures::stripe`): a malformed one does not verify.
 pub fn verify_seed_header(
     header: &str,
     key: &SigningKey,
@@ -133,40 +116,8 @@ pub fn verify_seed_header(
     now: i64,
     tolerance_secs: i64,
 ) -> bool {
-    let mut timestamp = None;
-    let mut candidates = Vec::new();
-    for part in header.split(',') {
-        match part.split_once('=') {
-            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-            Some(("v1", sig)) => candidates.push(sig),
-            _ => {}
-        }
-    }
-    let Some(t) = timestamp else { return false };
-    // abs_diff: a hostile `t` near i64::MIN/MAX must not overflow; a negative tolerance is 0.
-    if now.abs_diff(t) > u64::try_from(tolerance_secs).unwrap_or(0) {
-        return false;
-    }
-    candidates.iter().any(|sig| {
-        let Some(provided) = unhex(sig) else {
-            return false;
-        };
-        let mut mac = key.mac();
-        mac.update(t.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac.verify_slice(&provided).is_ok()
-    })
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    let tolerance = Tolerance::from_secs(u64::try_from(tolerance_secs).unwrap_or(0));
+    stripe::verify_header_with_key(key.0.hmac_key(), header, body, now, tolerance).is_ok()
 }
 
 #[cfg(test)]
@@ -185,13 +136,13 @@ mod tests {
     fn matches_the_standard_webhooks_vectors() {
         for v in vectors("standard_webhooks") {
             let key = SigningKey::parse(v["secret"].as_str().unwrap()).unwrap();
-            let sig = standard_signature(
-                &key,
+            let headers = sign(
+                std::slice::from_ref(&key),
                 v["id"].as_str().unwrap(),
                 v["timestamp"].as_i64().unwrap(),
                 v["body"].as_str().unwrap().as_bytes(),
             );
-            assert_eq!(sig, v["signature"].as_str().unwrap());
+            assert_eq!(headers.webhook_signature, v["signature"].as_str().unwrap());
         }
     }
 
@@ -200,10 +151,11 @@ mod tests {
         // Same construction as Stripe's `t=..,v1=hex(HMAC(secret, "t.body"))`: check the HMAC
         // against the Stripe vector with the raw secret bytes as the key.
         for v in vectors("stripe") {
-            let key = SigningKey(v["secret"].as_str().unwrap().as_bytes().to_vec());
+            let secret = v["secret"].as_str().unwrap().as_bytes();
+            let key = SigningKey(standard::SigningKey::from_bytes(secret.to_vec()));
             let t = v["timestamp"].as_i64().unwrap();
             let body = v["body"].as_str().unwrap().as_bytes();
-            let expected = format!("t={t},v1={}", seed_signature(&key, t, body));
+            let expected = sign(std::slice::from_ref(&key), "unused", t, body).x_webhook_signature;
             assert_eq!(expected, v["header"].as_str().unwrap());
             assert!(verify_seed_header(&expected, &key, body, t + 10, 300));
             assert!(
@@ -222,8 +174,18 @@ mod tests {
             SigningKey::parse(&b).unwrap(),
         ];
         let h = sign(&keys, "evt", 1_700_000_000, b"{}");
-        assert_eq!(h.webhook_signature.split(' ').count(), 2);
-        assert_eq!(h.x_webhook_signature.matches("v1=").count(), 2);
+        let [SigningKey(ka), SigningKey(kb)] = &keys;
+        let entry = |k| standard::sign(k, "evt", 1_700_000_000, b"{}");
+        assert_eq!(h.webhook_signature, format!("{} {}", entry(ka), entry(kb)));
+        let hex = |k: &standard::SigningKey| {
+            let mut out = String::new();
+            stripe::write_signature(k.hmac_key(), 1_700_000_000, b"{}", &mut out);
+            out
+        };
+        assert_eq!(
+            h.x_webhook_signature,
+            format!("t=1700000000,v1={},v1={}", hex(ka), hex(kb))
+        );
         for key in &keys {
             assert!(verify_seed_header(
                 &h.x_webhook_signature,

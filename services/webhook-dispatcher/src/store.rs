@@ -16,6 +16,19 @@ use uuid::Uuid;
 
 use events::pattern::Pattern;
 
+/// An event as the outbox stores it, once some subscription matched it.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// The event id.
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// The exact bytes that are signed and sent.
+    pub payload: String,
+    /// The W3C `traceparent` it was published with, when well-formed: attempts join that trace.
+    pub traceparent: Option<String>,
+}
+
 /// A webhook subscription as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Subscription {
@@ -276,7 +289,7 @@ impl Store {
     /// redelivered event creates no duplicate deliveries.
     pub async fn insert_outbox(
         &self,
-        events: &[(Uuid, String, String)],
+        events: &[OutboxEvent],
         deliveries: &[(Uuid, Uuid, String)],
     ) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
@@ -288,26 +301,22 @@ impl Store {
 
 async fn insert_outbox_tx(
     tx: &mut Transaction<'static, Postgres>,
-    events: &[(Uuid, String, String)],
+    events: &[OutboxEvent],
     deliveries: &[(Uuid, Uuid, String)],
 ) -> Result<u64, sqlx::Error> {
-    let (ids, types, payloads): (Vec<Uuid>, Vec<String>, Vec<String>) =
-        events.iter().cloned().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut a, mut b, mut c), (x, y, z)| {
-                a.push(x);
-                b.push(y);
-                c.push(z);
-                (a, b, c)
-            },
-        );
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    let traceparents: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO webhook_events (id, event_type, payload) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO webhook_events (id, event_type, payload, traceparent) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)
     .bind(&types)
     .bind(&payloads)
+    .bind(&traceparents)
     .execute(&mut **tx)
     .await?;
     let delivery_ids: Vec<Uuid> = deliveries.iter().map(|_| Uuid::now_v7()).collect();

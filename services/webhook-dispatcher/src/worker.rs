@@ -20,6 +20,7 @@ use service_runtime::Backoff;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use self::http::{AttemptError, Response, classify};
@@ -28,6 +29,7 @@ use crate::config::DeliveryConfig;
 use crate::signing::{SigningKey, sign};
 use crate::store::{Claimed, DeliveryStatus, Outcome, Store};
 use egress::AddressPolicy;
+use events::trace_context::set_remote_parent;
 
 /// Everything an attempt needs.
 #[derive(Debug)]
@@ -69,26 +71,57 @@ impl Dispatcher {
         ));
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let idle = Duration::from_millis(self.config.poll_interval_ms);
+        let linger = Duration::from_millis(self.config.claim_linger_ms);
         let lease = Duration::from_secs(self.config.lease_secs);
+        // A claim may take up to `rounds` × what can be sent at once (see `admission`): the
+        // next claim is then on its way while the slots still have work. A queued delivery
+        // waits for at most `rounds − 1` attempts of its subscription before its own, so
+        // `rounds` × `timeout_secs` must stay inside the lease (60 s / 15 s: 3 rounds).
+        let rounds = i32::try_from(
+            (self.config.lease_secs.saturating_sub(1) / self.config.timeout_secs.max(1))
+                .clamp(1, 3),
+        )
+        .unwrap_or(1);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Signalled whenever an attempt finishes (its slot and permit are free again).
+        let finished = Arc::new(Notify::new());
+        // The last claim took everything it could: claiming again at once would come back
+        // empty (or nearly), so the loop waits for something to change first.
+        let mut drained = false;
         while !shutdown.is_cancelled() {
-            let free = permits.available_permits() as i64;
-            if free == 0 {
-                // Wait for one attempt to finish.
+            if drained || permits.available_permits() == 0 {
+                // Nothing more is claimable until work arrives, an attempt finishes, or the
+                // poll interval passes (rate budgets refill with time; other replicas'
+                // intake does not notify this one).
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    p = permits.acquire() => drop(p),
+                    () = work_ready.notified() => {}
+                    () = finished.notified() => {}
+                    () = tokio::time::sleep(idle) => {}
                 }
+                // Under load, let more slots free up so the claim stays a batch.
+                if !linger.is_zero() && permits.available_permits() < self.config.concurrency {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(linger) => {}
+                    }
+                }
+            }
+            let free = permits.available_permits() as i64;
+            if free == 0 {
+                drained = false;
                 continue;
             }
             // Taken before the claim is sent, so it is never later than the database's lease.
             let lease_deadline = Instant::now() + lease;
             let loads = self.admission.loads();
+            let limit = free.min(self.config.claim_batch);
             let claim = self.store.claim(
-                free.min(self.config.claim_batch),
+                limit,
                 self.config.lease_secs,
                 Uuid::now_v7(),
                 &loads,
+                rounds,
             );
             let claimed = match tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -106,17 +139,11 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if claimed.is_empty() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = work_ready.notified() => {}
-                    () = self.admission.freed().notified() => {}
-                    () = tokio::time::sleep(idle) => {}
-                }
-                continue;
-            }
+            // A claim that got less than it asked for took every due delivery the
+            // subscriptions' room allowed: asking again at once would come back empty.
+            drained = (claimed.len() as i64) < limit;
+            metrics::histogram!("webhook_claim_batch_size").record(claimed.len() as f64);
             for delivery in claimed {
-                let slot = self.admission.admit(&delivery);
                 // At most `free` were claimed and only this loop takes permits.
                 let permit = match Arc::clone(&permits).try_acquire_owned() {
                     Ok(p) => p,
@@ -125,12 +152,33 @@ impl Dispatcher {
                         Err(_) => break,
                     },
                 };
-                let (this, tx) = (Arc::clone(&self), tx.clone());
+                let queued = admission::Queued {
+                    delivery,
+                    lease_deadline,
+                    permit,
+                };
+                // Queued behind the subscription's running attempts, or sent now by a task
+                // that then sends whatever queues behind it.
+                let Some((mut slot, mut next)) = self.admission.admit(queued) else {
+                    continue;
+                };
+                let (this, tx, finished) = (Arc::clone(&self), tx.clone(), Arc::clone(&finished));
                 tokio::spawn(async move {
-                    let outcome = this.attempt(delivery, lease_deadline).await;
-                    drop(slot);
-                    let _ = tx.send(outcome).await;
-                    drop(permit);
+                    loop {
+                        let admission::Queued {
+                            delivery,
+                            lease_deadline,
+                            permit,
+                        } = next;
+                        let outcome = this.attempt(delivery, lease_deadline).await;
+                        let _ = tx.send(outcome).await;
+                        drop(permit);
+                        finished.notify_one();
+                        match slot.next_queued() {
+                            Some(queued) => next = queued,
+                            None => break,
+                        }
+                    }
                 });
             }
         }
@@ -141,9 +189,13 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, d: Claimed, lease_deadline: Instant) -> Outcome {
+        let span = attempt_span(&d);
         let started_at = OffsetDateTime::now_utc();
         let clock = Instant::now();
-        let result = self.send(&d, started_at.unix_timestamp()).await;
+        let result = self
+            .send(&d, started_at.unix_timestamp())
+            .instrument(span.clone())
+            .await;
         let duration = clock.elapsed();
         metrics::histogram!("webhook_attempt_duration_seconds").record(duration.as_secs_f64());
         let mut outcome = Outcome {
@@ -192,6 +244,13 @@ impl Dispatcher {
             "failure"
         };
         metrics::counter!("webhook_attempts_total", "outcome" => label).increment(1);
+        span.record("webhook.outcome", label);
+        if let Some(status) = outcome.response_status {
+            span.record("http.response.status_code", status);
+        }
+        if !success {
+            span.record("otel.status_code", "error");
+        }
         if success {
             outcome.status = DeliveryStatus::Succeeded;
         } else if permanent || d.attempts >= d.max_attempts {
@@ -286,6 +345,26 @@ impl Dispatcher {
             body,
         })
     }
+}
+
+/// The span of one attempt: a child of the span that published the event (the `traceparent`
+/// stored with it at intake), so the attempt shows in the publisher's trace however much later
+/// it is made. Its duration is the HTTP exchange's; outcome and status are recorded after it.
+fn attempt_span(d: &Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "webhook.attempt",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        event.id = %d.event_id,
+        event.type = %d.event_type,
+        webhook.delivery_id = %d.id,
+        webhook.subscription_id = %d.subscription_id,
+        webhook.attempt = d.attempts,
+        webhook.outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    set_remote_parent(&span, d.traceparent.as_deref());
+    span
 }
 
 /// Error text goes into `text` columns, which refuse 0x00; such a byte (from a peer's reply

@@ -5,6 +5,8 @@
 //! - `load ws idle|fanout`: gateway-ws beside a bare tokio-tungstenite broadcast server.
 //! - `load webhook throughput|latency`: webhook-dispatcher end to end.
 //! - `load stat throughput|latency`: stat-aggregator's fold rate and update latency.
+//! - `load integrations`: executions/s through gateway-socketio → integrations-runner, and
+//!   the latency the platform adds over calling the third-party API directly.
 //!
 //! Every surface shares one client fleet ([`fleet`]), one way of measuring (`/proc` readings
 //! in [`procfs`], fan-out rounds in [`fanout`], idle memory in [`idle`], statistics in
@@ -21,6 +23,7 @@ mod fanout;
 mod fleet;
 mod gateway;
 mod idle;
+mod integrations;
 mod output;
 mod procfs;
 mod sio;
@@ -59,6 +62,9 @@ enum Surface {
     Webhook(webhook::Args),
     /// stat-aggregator (events folded per second, publish → update latency).
     Stat(stat::Args),
+    /// Integrations (executions/s through gateway-socketio and integrations-runner, added
+    /// latency).
+    Integrations(integrations::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
             Surface::Ws(args) => ws::run(args, out).await,
             Surface::Webhook(args) => webhook::run(args, out).await,
             Surface::Stat(args) => stat::run(args, out).await,
+            Surface::Integrations(args) => integrations::run(args, out).await,
         }
     });
     // Background tasks (pool reapers, NATS clients) are abandoned rather than awaited.

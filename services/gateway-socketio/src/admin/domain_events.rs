@@ -3,9 +3,11 @@
 //! `event_log_created`, `{feedChannel}_message`).
 
 use events::surface::AdminEmitKind;
+use events::trace_context::set_parent_from_headers;
 use service_runtime::ReadyFlag;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::{count_broadcast_error, next, raw_json, subscribe};
 use crate::namespace::Namespace;
@@ -31,13 +33,14 @@ pub(crate) async fn relay(
     };
     subscribed.set();
     while let Some(message) = next(&mut sub, &shutdown).await {
-        relay_event(&io, &message.payload).await;
+        relay_event(&io, &message).await;
     }
 }
 
 /// One domain event to the `/admin` rooms `events::surface` names. The payload is the envelope
 /// exactly as published, serialised once for all sockets.
-async fn relay_event(io: &SocketIo, payload: &[u8]) {
+async fn relay_event(io: &SocketIo, message: &async_nats::Message) {
+    let payload = &message.payload;
     let envelope = match events::Envelope::decode(payload) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -53,13 +56,40 @@ async fn relay_event(io: &SocketIo, payload: &[u8]) {
     let Some(admin) = io.of(Namespace::Admin.path()) else {
         return;
     };
-    for emit in events::surface::admin_emits(&envelope) {
-        let kind = relayed_label(emit.kind);
-        if let Err(e) = admin.clone().to(emit.rooms).emit(&emit.event, &raw).await {
-            count_broadcast_error(&e);
+    let emits = events::surface::admin_emits(&envelope);
+    let span = relay_span(message, &envelope, emits.len());
+    async move {
+        for emit in emits {
+            let kind = relayed_label(emit.kind);
+            if let Err(e) = admin.clone().to(emit.rooms).emit(&emit.event, &raw).await {
+                count_broadcast_error(&e);
+            }
+            metrics::counter!("socketio_events_relayed_total", "event_kind" => kind).increment(1);
         }
-        metrics::counter!("socketio_events_relayed_total", "event_kind" => kind).increment(1);
     }
+    .instrument(span)
+    .await;
+}
+
+/// One span per relayed event (not per socket or room), a child of the publisher's span named
+/// by the message's `traceparent`. At `info`, so it exists only while a layer wants it; the
+/// header is parsed only then (see [`events::trace_context::set_parent_from_headers`]).
+fn relay_span(
+    message: &async_nats::Message,
+    envelope: &events::Envelope,
+    emits: usize,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "socketio.relay",
+        otel.kind = "consumer",
+        subject = %message.subject,
+        event.id = %envelope.id,
+        event.type = %envelope.event_type,
+        namespace = Namespace::Admin.path(),
+        emits,
+    );
+    set_parent_from_headers(&span, message.headers.as_ref());
+    span
 }
 
 #[cfg(test)]

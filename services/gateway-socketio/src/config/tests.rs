@@ -29,7 +29,7 @@ fn defaults_load() {
 
 #[test]
 fn shipped_placeholder_secrets_are_refused_naming_the_key() {
-    // The values k8s/gateway-socketio.yaml ships.
+    // The values k8s/base/gateway-socketio.yaml ships.
     let err = load(&[("ADMIN__SECRET", "CHANGE-ME-example-hs256-secret")]).unwrap_err();
     assert_eq!(err.key, "admin.secret");
     assert!(!err.to_string().contains("example-hs256"), "{err}");

@@ -9,6 +9,7 @@ mod collab;
 mod common;
 mod hardening;
 mod integrations;
+mod integrations_runner;
 mod lifecycle;
 mod presence;
 mod prop_parsers;

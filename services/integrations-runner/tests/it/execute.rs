@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::upstream::Upstream;
 
 const PROJECT: &str = "6958511e8397f2dfa88090d8";
+/// A UUID, as the gateway makes one per execution.
+const EXECUTION_ID: &str = "0195a8b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -164,8 +166,52 @@ async fn start_with(
     harness
 }
 
+/// Panics unless `value` matches `proto/schemas/<name>`: what the runner really replies is
+/// the published contract.
+fn assert_schema(name: &str, value: &Value) {
+    let path = format!("{}/../../proto/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&raw).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {value}\n{errors:#?}");
+}
+
+/// The request and reply schemas of a command subject.
+fn command_schemas(subject: &str) -> Option<(&'static str, &'static str)> {
+    match subject {
+        events::subject::INTEGRATION_EXECUTE => Some((
+            "integration-execute-request.schema.json",
+            "integration-execute-reply.schema.json",
+        )),
+        events::subject::INTEGRATION_STATUS => Some((
+            "integration-status-request.schema.json",
+            "integration-status-reply.schema.json",
+        )),
+        _ => None,
+    }
+}
+
 impl Harness {
+    /// Sends a command as the gateway does; the request and every reply are checked against
+    /// the published schemas.
     async fn request(&self, subject: &str, body: Value) -> Value {
+        let schemas = command_schemas(subject);
+        if let Some((request, _)) = schemas {
+            assert_schema(request, &body);
+        }
+        let reply = self.request_unchecked(subject, body).await;
+        if let Some((_, schema)) = schemas
+            && reply != json!({})
+        {
+            assert_schema(schema, &reply);
+        }
+        reply
+    }
+
+    async fn request_unchecked(&self, subject: &str, body: Value) -> Value {
         let reply = tokio::time::timeout(
             Duration::from_secs(10),
             self.nats.request(
@@ -184,7 +230,7 @@ impl Harness {
     async fn execute(&self, id: &str, endpoint: &str, params: Value) -> Value {
         self.request(
             events::subject::INTEGRATION_EXECUTE,
-            json!({"executionId": "e1", "projectId": PROJECT, "integrationId": id,
+            json!({"executionId": EXECUTION_ID, "projectId": PROJECT, "integrationId": id,
                    "endpoint": endpoint, "params": params, "requestData": {"n": 1},
                    "mode": "execute", "deadlineMs": 5000}),
         )
@@ -263,13 +309,15 @@ async fn errors_have_their_codes() {
     assert_eq!(code(&r), "timeout", "{r}");
     let r = h.execute(id, "big", json!({})).await;
     assert_eq!(code(&r), "response_too_large", "{r}");
+    // Not the request schema's shape, on purpose; the reply still is the reply's.
     let r = h
-        .request(
+        .request_unchecked(
             events::subject::INTEGRATION_EXECUTE,
             json!({"projectId": PROJECT}),
         )
         .await;
     assert_eq!(code(&r), "invalid_payload", "{r}");
+    assert_schema("integration-execute-reply.schema.json", &r);
 }
 
 #[tokio::test]
@@ -452,6 +500,7 @@ async fn usage_is_counted_and_published() {
     assert_eq!(pushed["projectId"], PROJECT);
     assert!(pushed["usage"]["total"]["calls"].as_i64().unwrap() >= 1);
     assert!(pushed["lastUsed"].is_string() && pushed["timestamp"].is_string());
+    assert_schema("integration-usage.schema.json", &pushed);
 }
 
 #[tokio::test]

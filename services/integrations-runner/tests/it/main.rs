@@ -13,4 +13,5 @@ mod execute;
 mod lifecycle;
 mod openapi;
 mod upstream;
+mod usage;
 mod webhooks;

@@ -24,7 +24,9 @@ use self::extract::ApiJson;
 use crate::config::DeliveryConfig;
 use crate::intake::PatternCache;
 use crate::signing::{SigningKey, generate_secret};
-use crate::store::{DeliveryStatus, NewSubscription, Redelivery, Store, SubscriptionPatch};
+use crate::store::{
+    DeliveryStatus, NewSubscription, OutboxEvent, Redelivery, Store, SubscriptionPatch,
+};
 use crate::worker::literal_ip;
 use egress::AddressPolicy;
 use events::pattern::Pattern;
@@ -427,7 +429,12 @@ async fn send_test(
     state
         .store
         .insert_outbox(
-            &[(envelope.id, t.clone(), payload)],
+            &[OutboxEvent {
+                id: envelope.id,
+                event_type: t.clone(),
+                payload,
+                traceparent: None,
+            }],
             &[(envelope.id, id, t)],
         )
         .await?;

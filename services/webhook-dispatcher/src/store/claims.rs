@@ -41,6 +41,8 @@ pub struct Claimed {
     pub max_concurrency: i32,
     /// Active secrets, newest first.
     pub secrets: Vec<String>,
+    /// The event's W3C `traceparent`, if it was published with one: the attempt's parent span.
+    pub traceparent: Option<String>,
 }
 
 /// What this replica already has under way for one subscription, so a claim takes only what
@@ -103,9 +105,10 @@ impl Store {
     /// Claims up to `limit` due deliveries of enabled subscriptions for `lease_secs` under
     /// `token`, counting the attempt.
     ///
-    /// Only what can be sent at once is claimed: each subscription contributes at most its
-    /// `max_concurrency` minus its attempts in flight here, and at most its rate limit's
-    /// current budget (`local`), so no claim waits for a slot while its lease runs. Across
+    /// Only what can be sent within `rounds` rounds is claimed: each subscription contributes
+    /// at most `rounds` × its `max_concurrency` minus its attempts in flight or queued here
+    /// (`local`), and at most its rate limit's
+    /// current budget, so no claim waits for a rate token while its lease runs. Across
     /// subscriptions the oldest due deliveries win, but no subscription takes more than its
     /// share, so one backlog cannot crowd the others out. Each subscription is probed through
     /// `webhook_deliveries_due_by_subscription` without locking; only the chosen rows are
@@ -113,18 +116,29 @@ impl Store {
     /// replicas never claim the same delivery (candidates are twice `limit`, so a replica
     /// racing another for the same oldest rows still finds work). A claim's lease must expire
     /// before anyone else takes it.
+    ///
+    /// Every row is reached through an index: candidates by a per-subscription LATERAL probe,
+    /// the lock by a primary-key LATERAL lookup per candidate (its conditions are checked on
+    /// the locked, latest version outside the lookup, so that the lookup cannot be planned
+    /// on the pending-deliveries index, which statistics dominated by finished history make
+    /// look tiny: that plan scanned the whole backlog per candidate), the event's bytes by a
+    /// correlated primary-key subquery. The statement is planned for each execution rather
+    /// than prepared once: the plan cached by the first executions, on near-empty tables, was
+    /// kept as they grew and scanned every pending delivery per claim, O(backlog)
+    /// (`docs/benchmarks.md`).
     pub async fn claim(
         &self,
         limit: i64,
         lease_secs: u64,
         token: Uuid,
         local: &[LocalLoad],
+        rounds: i32,
     ) -> Result<Vec<Claimed>, sqlx::Error> {
         sqlx::query_as(
             "WITH local AS ( \
                SELECT * FROM UNNEST($4::uuid[], $5::int[], $6::int[]) AS l(id, in_flight, rate_tokens)), \
              open AS ( \
-               SELECT s.id, GREATEST(0, LEAST($1, s.max_concurrency - COALESCE(l.in_flight, 0), \
+               SELECT s.id, GREATEST(0, LEAST($1, s.max_concurrency * $7 - COALESCE(l.in_flight, 0), \
                         CASE WHEN s.rate_limit_per_sec IS NULL THEN $1 \
                              ELSE COALESCE(l.rate_tokens, s.rate_limit_per_sec) END)) AS room \
                FROM webhook_subscriptions s LEFT JOIN local l ON l.id = s.id WHERE s.enabled), \
@@ -137,29 +151,35 @@ impl Store {
                WHERE o.room > 0 \
                ORDER BY p.next_attempt_at LIMIT 2 * $1), \
              picked AS ( \
-               SELECT d.id FROM webhook_deliveries d \
-               WHERE d.id IN (SELECT id FROM candidates) AND d.status = 'pending' \
-                 AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now()) \
-               ORDER BY d.next_attempt_at LIMIT $1 \
-               FOR UPDATE SKIP LOCKED), \
+               SELECT x.id FROM candidates c CROSS JOIN LATERAL ( \
+                 SELECT d.id, d.status, d.next_attempt_at, d.lease_until FROM webhook_deliveries d \
+                 WHERE d.id = c.id FOR UPDATE SKIP LOCKED) x \
+               WHERE x.status = 'pending' AND x.next_attempt_at <= now() \
+                 AND (x.lease_until IS NULL OR x.lease_until < now()) \
+               ORDER BY x.next_attempt_at LIMIT $1), \
              claimed AS ( \
                UPDATE webhook_deliveries d \
                SET lease_until = now() + make_interval(secs => $2), lease_token = $3, attempts = d.attempts + 1 \
-               FROM picked WHERE d.id = picked.id \
+               WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
                RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token) \
-             SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, e.payload, s.url, \
+             SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
+                    (SELECT e.payload FROM webhook_events e WHERE e.id = c.event_id) AS payload, s.url, \
                     s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
                     ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
-                          AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) AS secrets \
-             FROM claimed c JOIN webhook_events e ON e.id = c.event_id \
-             JOIN webhook_subscriptions s ON s.id = c.subscription_id",
+                          AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) AS secrets, \
+                    (SELECT e.traceparent FROM webhook_events e WHERE e.id = c.event_id) AS traceparent \
+             FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id",
         )
+        // Planned for each execution (an unnamed statement): a plan cached while the tables
+        // were small (or before their first ANALYZE) would be kept as they grow.
+        .persistent(false)
         .bind(limit)
         .bind(lease_secs as f64)
         .bind(token)
         .bind(local.iter().map(|l| l.subscription_id).collect::<Vec<_>>())
         .bind(local.iter().map(|l| l.in_flight).collect::<Vec<_>>())
         .bind(local.iter().map(|l| l.rate_tokens).collect::<Vec<_>>())
+        .bind(rounds.max(1))
         .fetch_all(&self.pool)
         .await
     }
@@ -192,7 +212,7 @@ impl Store {
                  lease_until = NULL, lease_token = NULL, \
                  last_error = COALESCE(u.error, CASE WHEN u.status = 'succeeded' THEN NULL ELSE d.last_error END), \
                  completed_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END \
-               FROM u WHERE d.id = u.id AND d.lease_token = u.token AND d.status = 'pending' \
+               FROM u WHERE d.id = u.id AND d.lease_token = u.token AND d.status IS NOT DISTINCT FROM 'pending' \
                RETURNING d.id, u.token), \
              attempts AS ( \
                INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, response_status, response_body, error) \
@@ -202,6 +222,11 @@ impl Store {
                JOIN done ON done.id = a.id AND done.token = a.token) \
              SELECT id FROM done",
         )
+        // As the claim: planned per execution, so the delivery lookup stays on the primary key.
+        // `IS NOT DISTINCT FROM` (status is NOT NULL, so the same as `=`) keeps the planner
+        // from proving the pending-deliveries index usable: with statistics dominated by
+        // finished history that index looks tiny, and scanning it read the whole backlog.
+        .persistent(false)
         .bind(&ids)
         .bind(outcomes.iter().map(|o| o.lease_token).collect::<Vec<_>>())
         .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())

@@ -2,16 +2,19 @@
 //! token bucket for `rate_limit_per_sec`.
 //!
 //! The limits are applied before claiming, not after: the claim is told what each
-//! subscription may still send ([`Admission::loads`]) and returns no more, so an attempt
-//! starts as soon as it is claimed. Nothing waits for a slot while its lease runs, and a
-//! slow or rate-limited endpoint holds at most its own slots of the replica's global
-//! concurrency, never all of it.
+//! subscription already has here ([`Admission::loads`]) and returns no more than it may
+//! send now plus up to two more rounds (`rounds` in the worker). What cannot start at once
+//! waits in the subscription's local queue and is sent by the next of its attempts to finish,
+//! so a subscription's slots never stand idle while the next claim is on its way. A queued
+//! delivery waits for at most `rounds − 1` attempts of its subscription, each bounded by
+//! `timeout_secs`, and the worker picks `rounds` so that this fits in the lease. A slow or rate-limited endpoint
+//! holds at most its own share of the replica's global concurrency, never all of it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use crate::store::{Claimed, LocalLoad};
@@ -20,7 +23,6 @@ use crate::store::{Claimed, LocalLoad};
 #[derive(Debug, Default)]
 pub struct Admission {
     subscriptions: Mutex<HashMap<Uuid, Limits>>,
-    freed: Notify,
 }
 
 #[derive(Debug)]
@@ -28,6 +30,19 @@ struct Limits {
     in_flight: i32,
     max_concurrency: i32,
     rate: Option<Bucket>,
+    queue: VecDeque<Queued>,
+}
+
+/// A claimed delivery with what its attempt holds: its lease deadline and its permit of
+/// the replica's global concurrency.
+#[derive(Debug)]
+pub struct Queued {
+    /// The delivery.
+    pub delivery: Claimed,
+    /// Until when its claim is surely held.
+    pub lease_deadline: Instant,
+    /// Its share of the replica's concurrency, held from claim to outcome.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// `per_sec` tokens refilled per second, holding at most `per_sec`: a burst of one second's
@@ -65,6 +80,28 @@ impl Bucket {
 pub struct Slot {
     admission: Arc<Admission>,
     subscription_id: Uuid,
+    held: bool,
+}
+
+impl Slot {
+    /// The subscription's next queued delivery, sent under this same slot; `None` frees the
+    /// slot. One step under the lock, so a delivery queued meanwhile is never left behind.
+    pub fn next_queued(&mut self) -> Option<Queued> {
+        if !self.held {
+            return None;
+        }
+        let mut map = self.admission.lock();
+        let limits = map.get_mut(&self.subscription_id)?;
+        // The subscription's limit may have been lowered: then the slot goes.
+        if limits.in_flight <= limits.max_concurrency
+            && let Some(q) = limits.queue.pop_front()
+        {
+            return Some(q);
+        }
+        limits.in_flight -= 1;
+        self.held = false;
+        None
+    }
 }
 
 impl Admission {
@@ -77,28 +114,33 @@ impl Admission {
             if let Some(b) = &mut l.rate {
                 b.refill(now);
             }
-            l.in_flight > 0 || l.rate.as_ref().is_some_and(|b| !b.is_full())
+            l.in_flight > 0 || !l.queue.is_empty() || l.rate.as_ref().is_some_and(|b| !b.is_full())
         });
         map.iter()
             .map(|(id, l)| LocalLoad {
                 subscription_id: *id,
-                in_flight: l.in_flight,
+                in_flight: l.in_flight + l.queue.len() as i32,
                 rate_tokens: l.rate.as_ref().map(|b| b.tokens.floor() as i32),
             })
             .collect()
     }
 
-    /// Takes a slot and a rate token for a claimed delivery. Never waits: the claim only
-    /// returned what [`Self::loads`] left room for, and room only grows until this runs.
-    pub fn admit(self: &Arc<Self>, d: &Claimed) -> Slot {
+    /// Takes a rate token for a claimed delivery, and a slot when its subscription has one
+    /// free: then the delivery is handed back to be sent now. Otherwise it joins the
+    /// subscription's queue, and the next of its attempts to finish sends it
+    /// ([`Slot::next_queued`]). Never waits: the claim only returned what [`Self::loads`] left room
+    /// for.
+    pub fn admit(self: &Arc<Self>, q: Queued) -> Option<(Slot, Queued)> {
         let now = Instant::now();
+        let d = &q.delivery;
+        let subscription_id = d.subscription_id;
         let mut map = self.lock();
-        let limits = map.entry(d.subscription_id).or_insert_with(|| Limits {
+        let limits = map.entry(subscription_id).or_insert_with(|| Limits {
             in_flight: 0,
             max_concurrency: d.max_concurrency,
             rate: None,
+            queue: VecDeque::new(),
         });
-        limits.in_flight += 1;
         limits.max_concurrency = d.max_concurrency;
         limits.rate = match (limits.rate.take(), d.rate_limit_per_sec.filter(|r| *r > 0)) {
             (_, None) => None,
@@ -111,16 +153,20 @@ impl Admission {
         if let Some(b) = &mut limits.rate {
             b.tokens -= 1.0;
         }
-        Slot {
-            admission: Arc::clone(self),
-            subscription_id: d.subscription_id,
+        if limits.in_flight < limits.max_concurrency {
+            limits.in_flight += 1;
+            Some((
+                Slot {
+                    admission: Arc::clone(self),
+                    subscription_id,
+                    held: true,
+                },
+                q,
+            ))
+        } else {
+            limits.queue.push_back(q);
+            None
         }
-    }
-
-    /// Notified when a subscription that was at its concurrency limit frees a slot, so a
-    /// waiting claim loop can take its next delivery without polling.
-    pub fn freed(&self) -> &Notify {
-        &self.freed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Limits>> {
@@ -132,19 +178,10 @@ impl Admission {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let was_full = {
-            let mut map = self.admission.lock();
-            match map.get_mut(&self.subscription_id) {
-                Some(l) => {
-                    let was_full = l.in_flight >= l.max_concurrency;
-                    l.in_flight -= 1;
-                    was_full
-                }
-                None => false,
-            }
-        };
-        if was_full {
-            self.admission.freed.notify_one();
+        if self.held
+            && let Some(l) = self.admission.lock().get_mut(&self.subscription_id)
+        {
+            l.in_flight -= 1;
         }
     }
 }
@@ -167,15 +204,29 @@ mod tests {
             rate_limit_per_sec: rate,
             max_concurrency,
             secrets: vec![],
+            traceparent: None,
         }
+    }
+
+    fn queued(d: Claimed) -> Queued {
+        let permits = Arc::new(tokio::sync::Semaphore::new(16));
+        Queued {
+            delivery: d,
+            lease_deadline: Instant::now(),
+            permit: permits.try_acquire_owned().unwrap(),
+        }
+    }
+
+    fn run(admission: &Arc<Admission>, d: Claimed) -> Slot {
+        admission.admit(queued(d)).expect("a free slot").0
     }
 
     #[test]
     fn slots_and_tokens_are_reported_and_released() {
         let admission = Arc::new(Admission::default());
         let sub = Uuid::now_v7();
-        let a = admission.admit(&claimed(sub, 2, Some(5)));
-        let b = admission.admit(&claimed(sub, 2, Some(5)));
+        let a = run(&admission, claimed(sub, 2, Some(5)));
+        let b = run(&admission, claimed(sub, 2, Some(5)));
         let loads = admission.loads();
         assert_eq!(loads.len(), 1);
         assert_eq!(loads[0].in_flight, 2);
@@ -190,9 +241,30 @@ mod tests {
     #[test]
     fn idle_unlimited_subscriptions_are_forgotten() {
         let admission = Arc::new(Admission::default());
-        let slot = admission.admit(&claimed(Uuid::now_v7(), 1, None));
+        let slot = run(&admission, claimed(Uuid::now_v7(), 1, None));
         assert_eq!(admission.loads()[0].rate_tokens, None);
         drop(slot);
         assert!(admission.loads().is_empty());
+    }
+
+    #[test]
+    fn past_the_limit_deliveries_queue_and_the_running_slot_takes_them_in_order() {
+        let admission = Arc::new(Admission::default());
+        let sub = Uuid::now_v7();
+        let (first, second) = (claimed(sub, 1, None), claimed(sub, 1, None));
+        let second_id = second.id;
+        let mut slot = run(&admission, first);
+        assert!(admission.admit(queued(second)).is_none(), "no second slot");
+        // Queued deliveries count against the subscription's room for the next claim.
+        assert_eq!(admission.loads()[0].in_flight, 2);
+        let next = slot.next_queued().expect("the queued delivery");
+        assert_eq!(next.delivery.id, second_id);
+        assert_eq!(admission.loads()[0].in_flight, 1);
+        assert!(slot.next_queued().is_none());
+        // The slot was freed by `next_queued`, not again by drop.
+        drop(slot);
+        assert!(admission.loads().is_empty());
+        // A free slot again: the next delivery runs at once.
+        assert!(admission.admit(queued(claimed(sub, 1, None))).is_some());
     }
 }

@@ -9,7 +9,7 @@ use test_support::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webhook_dispatcher::store::{
-    Claimed, DeliveryStatus, LocalLoad, NewSubscription, Outcome, Store,
+    Claimed, DeliveryStatus, LocalLoad, NewSubscription, OutboxEvent, Outcome, Store,
 };
 use webhook_dispatcher::worker::recorder::{RecordReport, Recorder};
 
@@ -37,18 +37,26 @@ async fn subscription(store: &Store, max_concurrency: i32, rate: Option<i32>) ->
 
 /// `n` due deliveries for `sub`.
 async fn due(store: &Store, sub: Uuid, n: usize) {
-    let events: Vec<(Uuid, String, String)> = (0..n)
-        .map(|_| (Uuid::now_v7(), "deal.created".to_owned(), "{}".to_owned()))
+    let events: Vec<OutboxEvent> = (0..n)
+        .map(|_| OutboxEvent {
+            id: Uuid::now_v7(),
+            event_type: "deal.created".to_owned(),
+            payload: "{}".to_owned(),
+            traceparent: None,
+        })
         .collect();
     let deliveries: Vec<(Uuid, Uuid, String)> = events
         .iter()
-        .map(|(id, t, _)| (*id, sub, t.clone()))
+        .map(|e| (e.id, sub, e.event_type.clone()))
         .collect();
     store.insert_outbox(&events, &deliveries).await.unwrap();
 }
 
 async fn claim(store: &Store, limit: i64, local: &[LocalLoad]) -> Vec<Claimed> {
-    store.claim(limit, 60, Uuid::now_v7(), local).await.unwrap()
+    store
+        .claim(limit, 60, Uuid::now_v7(), local, 1)
+        .await
+        .unwrap()
 }
 
 fn success(c: &Claimed) -> Outcome {

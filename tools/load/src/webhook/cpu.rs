@@ -26,6 +26,8 @@ pub struct CpuSnapshot {
     threads: BTreeMap<String, Duration>,
     /// `nats-server` children of this process.
     nats: Duration,
+    /// A `webhook-dispatcher` child process, when it runs as one.
+    dispatcher: Duration,
     /// PostgreSQL: pid → (group, CPU time).
     postgres: BTreeMap<i32, (String, Duration)>,
     /// Whole machine: (busy, total).
@@ -39,6 +41,11 @@ pub fn snapshot(postgres: &[PgProcess]) -> CpuSnapshot {
         process: procfs::own_cpu_time(),
         threads: procfs::own_threads_cpu(),
         nats: procfs::children_named("nats-server")
+            .into_iter()
+            .filter_map(procfs::cpu_time)
+            .sum(),
+        // `comm` is cut at 15 bytes.
+        dispatcher: procfs::children_named("webhook-dispatc")
             .into_iter()
             .filter_map(procfs::cpu_time)
             .sum(),
@@ -81,6 +88,7 @@ pub fn delta(before: &CpuSnapshot, after: &CpuSnapshot) -> (Value, String) {
     }
     let pg_total: Duration = pg_groups.values().sum();
     let nats = after.nats.saturating_sub(before.nats);
+    let dispatcher = after.dispatcher.saturating_sub(before.dispatcher);
     let busy = after.machine.0.saturating_sub(before.machine.0);
     let total = after
         .machine
@@ -94,6 +102,7 @@ pub fn delta(before: &CpuSnapshot, after: &CpuSnapshot) -> (Value, String) {
         "this_process_cpu_secs": process_total.as_secs_f64(),
         "this_process_threads_cpu_secs": threads,
         "nats_server_cpu_secs": nats.as_secs_f64(),
+        "dispatcher_process_cpu_secs": dispatcher.as_secs_f64(),
         "postgres_cpu_secs": pg_total.as_secs_f64(),
         "postgres_groups_cpu_secs": pg_groups
             .iter()
@@ -111,10 +120,15 @@ pub fn delta(before: &CpuSnapshot, after: &CpuSnapshot) -> (Value, String) {
         .collect();
     let line = format!(
         "CPU over {wall:.1} s: machine {busy_pct:.0}% busy of {} cores; this process {:.1} s ({}), \
-         nats-server {:.1} s, postgres {:.1} s ({})",
+         {}nats-server {:.1} s, postgres {:.1} s ({})",
         procfs::cores(),
         process_total.as_secs_f64(),
         thread_parts.join(", "),
+        if dispatcher.is_zero() {
+            String::new()
+        } else {
+            format!("dispatcher process {:.1} s, ", dispatcher.as_secs_f64())
+        },
         nats.as_secs_f64(),
         pg_total.as_secs_f64(),
         pg_parts.join(", "),

@@ -34,6 +34,11 @@ pub struct StackOptions {
     pub db_url_params: Option<String>,
     /// Run ANALYZE this often during the measurement.
     pub analyze_every: Option<Duration>,
+    /// Finished deliveries (each with its event and one attempt) written before the
+    /// measurement, spread over the last 30 days, then ANALYZE (as autovacuum would have).
+    pub history_rows: u64,
+    /// Run this webhook-dispatcher binary as a separate process instead of in this process.
+    pub dispatcher_binary: Option<std::path::PathBuf>,
     /// Log every statement of the test database (`log_min_duration_statement = 0`, set on
     /// that database only) and read the durations back from this server log file.
     pub statement_log: Option<std::path::PathBuf>,
@@ -67,8 +72,21 @@ pub struct Stack {
     /// The tool's own connections (application_name `load-webhook`).
     pub observer: PgPool,
     pub receiver: Receiver,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), ServiceError>>,
+    /// When the measured part began (unix seconds): rows from before it are history.
+    pub since: f64,
+    dispatcher: Dispatcher,
+}
+
+/// Where the dispatcher runs.
+#[derive(Debug)]
+enum Dispatcher {
+    /// In this process, as its end-to-end tests run it.
+    InProcess {
+        shutdown: CancellationToken,
+        task: JoinHandle<Result<(), ServiceError>>,
+    },
+    /// The release binary in its own process, as it is deployed.
+    Process(Option<std::process::Child>),
 }
 
 impl Stack {
@@ -108,22 +126,12 @@ impl Stack {
             .into_iter()
             .map(|(k, v)| (format!("WEBHOOK_DISPATCHER_{k}"), v))
             .collect();
-        let settings = webhook_dispatcher::SPEC
-            .load::<webhook_dispatcher::Config>(&ConfigSource { file: None, env })
-            .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
-        let prepared = webhook_dispatcher::prepare(&settings)
-            .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dispatcher = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(webhook_dispatcher::run(
-            settings,
-            prepared,
-            listener,
-            shutdown.clone(),
-        ));
+        let (dispatcher, addr) = match &options.dispatcher_binary {
+            None => start_in_process(env).await,
+            Some(binary) => start_process(binary, env),
+        };
         let client = http_client();
-        let ready = format!("http://{dispatcher}/readyz");
+        let ready = format!("http://{addr}/readyz");
         eventually("dispatcher ready", || async {
             (http_status(&client, &ready).await == Some(200)).then_some(())
         })
@@ -139,7 +147,7 @@ impl Stack {
                 body["max_concurrency"] = json!(c);
             }
             let resp = client
-                .post(format!("http://{dispatcher}/crm/webhook-subscriptions"))
+                .post(format!("http://{addr}/crm/webhook-subscriptions"))
                 .bearer_auth(API_KEY)
                 .json(&body)
                 .send()
@@ -149,6 +157,10 @@ impl Stack {
             let created: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
             assert_eq!(status, 201, "creating a subscription: {created}");
             assert!(created["id"].is_string(), "{created}");
+        }
+
+        if options.history_rows > 0 {
+            write_history(db.url(), options.history_rows).await;
         }
 
         let observer = PgPoolOptions::new()
@@ -166,8 +178,8 @@ impl Stack {
             db,
             observer,
             receiver,
-            shutdown,
-            task,
+            since: super::unix_secs(std::time::SystemTime::now()),
+            dispatcher,
         }
     }
 
@@ -176,29 +188,73 @@ impl Stack {
         database_name(self.db.url())
     }
 
-    /// `(succeeded, all)` deliveries.
-    pub async fn delivery_counts(&self) -> (i64, i64) {
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM webhook_deliveries",
-        )
-        .fetch_one(&self.observer)
-        .await
-        .unwrap_or((0, 0))
-    }
-
-    /// Rows in `webhook_attempts`.
-    pub async fn attempt_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM webhook_attempts")
+    /// Deliveries still pending. Read through the partial index on pending deliveries, so
+    /// polling it costs the same whatever the history (a `count(*)` of the whole table,
+    /// polled every 100 ms, was the tool's own sequential scan inside the timed window).
+    pub async fn pending_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
             .fetch_one(&self.observer)
             .await
             .unwrap_or(-1)
     }
 
-    /// Deliveries by status.
+    /// `(succeeded, all)` deliveries of this run (history excluded).
+    pub async fn delivery_counts(&self) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM webhook_deliveries \
+             WHERE created_at >= to_timestamp($1)",
+        )
+        .bind(self.since)
+        .fetch_one(&self.observer)
+        .await
+        .unwrap_or((0, 0))
+    }
+
+    /// When the last delivery of this run was inserted (unix seconds).
+    pub async fn last_insert_unix(&self) -> Option<f64> {
+        sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM max(created_at))::float8 FROM webhook_deliveries \
+             WHERE created_at >= to_timestamp($1)",
+        )
+        .bind(self.since)
+        .fetch_one(&self.observer)
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Attempts of this run.
+    pub async fn attempt_count(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_attempts WHERE started_at >= to_timestamp($1)",
+        )
+        .bind(self.since)
+        .fetch_one(&self.observer)
+        .await
+        .unwrap_or(-1)
+    }
+
+    /// Seconds from this run's first attempt's start to its last attempt's end, by the
+    /// attempt rows' own timestamps (the dispatcher's clock, not this tool's polling).
+    pub async fn attempt_span_secs(&self) -> Option<f64> {
+        sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM max(started_at + duration_ms * interval '1 millisecond') \
+                    - min(started_at))::float8 FROM webhook_attempts WHERE started_at >= to_timestamp($1)",
+        )
+        .bind(self.since)
+        .fetch_one(&self.observer)
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// This run's deliveries by status.
     pub async fn status_counts(&self) -> Value {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, count(*) FROM webhook_deliveries GROUP BY status ORDER BY status",
+            "SELECT status, count(*) FROM webhook_deliveries WHERE created_at >= to_timestamp($1) \
+             GROUP BY status ORDER BY status",
         )
+        .bind(self.since)
         .fetch_all(&self.observer)
         .await
         .unwrap_or_default();
@@ -207,12 +263,21 @@ impl Stack {
 
     /// Stops the dispatcher (its database connections close, flushing their statistics).
     pub async fn stop_dispatcher(&mut self) {
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(15), &mut self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => eprintln!("dispatcher failed: {err}"),
-            Ok(Err(err)) => eprintln!("dispatcher task: {err}"),
-            Err(_) => eprintln!("dispatcher did not stop within 15 s"),
+        match &mut self.dispatcher {
+            Dispatcher::InProcess { shutdown, task } => {
+                shutdown.cancel();
+                match tokio::time::timeout(Duration::from_secs(15), task).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(err))) => eprintln!("dispatcher failed: {err}"),
+                    Ok(Err(err)) => eprintln!("dispatcher task: {err}"),
+                    Err(_) => eprintln!("dispatcher did not stop within 15 s"),
+                }
+            }
+            Dispatcher::Process(child) => {
+                if let Some(mut child) = child.take() {
+                    stop_child(&mut child).await;
+                }
+            }
         }
         // Exiting backends report their last statistics.
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -225,6 +290,107 @@ impl Stack {
         drop(self.db);
         drop(self.nats);
     }
+}
+
+/// Writes `rows` succeeded deliveries of the existing subscriptions (round robin), each with
+/// its event and one attempt, created over the last 29 days (inside the 30-day retention), in chunks of 100,000; then
+/// ANALYZE.
+async fn write_history(url: &str, rows: u64) {
+    let started = std::time::Instant::now();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let chunk = 100_000u64;
+    let mut done = 0u64;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        sqlx::query(
+            "WITH subs AS (SELECT array_agg(id ORDER BY id) AS ids FROM webhook_subscriptions), \
+             g AS (SELECT i, gen_random_uuid() AS event_id, gen_random_uuid() AS delivery_id, \
+                          now() - (random() * interval '29 days') AS at \
+                   FROM generate_series(1, $1::bigint) AS i), \
+             ev AS (INSERT INTO webhook_events (id, event_type, payload, received_at) \
+                    SELECT event_id, 'order.updated', '{\"history\":true}', at FROM g), \
+             de AS (INSERT INTO webhook_deliveries (id, event_id, subscription_id, event_type, status, \
+                      attempts, next_attempt_at, created_at, completed_at) \
+                    SELECT delivery_id, event_id, subs.ids[1 + (i % cardinality(subs.ids))], 'order.updated', \
+                           'succeeded', 1, at, at, at + interval '20 milliseconds' FROM g, subs) \
+             INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, response_status) \
+             SELECT delivery_id, 1, at, 20, 200 FROM g",
+        )
+        .bind(n as i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        done += n;
+    }
+    for table in ["webhook_events", "webhook_deliveries", "webhook_attempts"] {
+        sqlx::query(&format!("VACUUM ANALYZE {table}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "history: {rows} finished deliveries, events and attempts written and analyzed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn start_in_process(env: Vec<(String, String)>) -> (Dispatcher, std::net::SocketAddr) {
+    let settings = webhook_dispatcher::SPEC
+        .load::<webhook_dispatcher::Config>(&ConfigSource { file: None, env })
+        .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
+    let prepared = webhook_dispatcher::prepare(&settings)
+        .unwrap_or_else(|e| panic!("dispatcher settings: {e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(webhook_dispatcher::run(
+        settings,
+        prepared,
+        listener,
+        shutdown.clone(),
+    ));
+    (Dispatcher::InProcess { shutdown, task }, addr)
+}
+
+/// Starts `binary` with `env` on a free port (its logs go to this process's stderr).
+fn start_process(
+    binary: &std::path::Path,
+    env: Vec<(String, String)>,
+) -> (Dispatcher, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let child = std::process::Command::new(binary)
+        .envs(env)
+        .env("WEBHOOK_DISPATCHER_HTTP__LISTEN", addr.to_string())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+    (Dispatcher::Process(Some(child)), addr)
+}
+
+/// SIGTERM (graceful: in-flight attempts recorded), then SIGKILL after 15 s.
+async fn stop_child(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("dispatcher did not stop within 15 s; killed");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn database_name(url: &str) -> String {
