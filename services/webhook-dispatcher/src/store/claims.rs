@@ -119,9 +119,10 @@ impl Store {
     ///
     /// Every row is reached through an index: candidates by a per-subscription LATERAL probe,
     /// the lock by a primary-key LATERAL lookup per candidate (its conditions are checked on
-    /// the locked, latest version outside the lookup, so that the lookup cannot be planned
-    /// on the pending-deliveries index, which statistics dominated by finished history make
-    /// look tiny: that plan scanned the whole backlog per candidate), the event's bytes by a
+    /// the locked, latest version, and the status test is written `IS NOT DISTINCT FROM`, the
+    /// same as `=` on a NOT NULL column, so that the planner cannot prove the pending-deliveries
+    /// index usable for it: statistics dominated by finished history make that index look
+    /// tiny, and the plan on it scanned the whole backlog per candidate), the event's bytes by a
     /// correlated primary-key subquery. The statement is planned for each execution rather
     /// than prepared once: the plan cached by the first executions, on near-empty tables, was
     /// kept as they grew and scanned every pending delivery per claim, O(backlog)
@@ -154,7 +155,7 @@ impl Store {
                SELECT x.id FROM candidates c CROSS JOIN LATERAL ( \
                  SELECT d.id, d.status, d.next_attempt_at, d.lease_until FROM webhook_deliveries d \
                  WHERE d.id = c.id FOR UPDATE SKIP LOCKED) x \
-               WHERE x.status = 'pending' AND x.next_attempt_at <= now() \
+               WHERE x.status IS NOT DISTINCT FROM 'pending' AND x.next_attempt_at <= now() \
                  AND (x.lease_until IS NULL OR x.lease_until < now()) \
                ORDER BY x.next_attempt_at LIMIT $1), \
              claimed AS ( \
