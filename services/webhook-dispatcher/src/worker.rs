@@ -3,8 +3,9 @@
 //! Claims come from PostgreSQL (`FOR UPDATE SKIP LOCKED` plus a lease and a lease token), so
 //! any number of replicas share the work without sending a delivery twice; a crashed
 //! replica's claims fall back to the others when their lease expires. A claim takes only what
-//! the subscriptions' limits let start at once ([`admission`]), so every claimed attempt is
-//! sent immediately, well within its lease (`lease_secs` > `timeout_secs`). Outcomes are
+//! the subscriptions' limits let start at once plus a local queue a few rounds deep
+//! ([`admission`]), so every claimed attempt starts well within its lease (`lease_secs` >
+//! `timeout_secs`); one that could no longer finish inside it is released unsent. Outcomes are
 //! written in batches by one recorder task ([`recorder`]), which keeps the database round
 //! trips per attempt well below one.
 
@@ -55,9 +56,13 @@ impl Dispatcher {
             retry: retry_backoff(&config),
             store,
             http,
+            admission: Arc::new(admission::Admission::new(admission::QueuePolicy::new(
+                Duration::from_secs(config.lease_secs),
+                Duration::from_secs(config.timeout_secs),
+                config.concurrency,
+            ))),
             config,
             policy,
-            admission: Arc::default(),
         }
     }
 
@@ -73,15 +78,14 @@ impl Dispatcher {
         let idle = Duration::from_millis(self.config.poll_interval_ms);
         let linger = Duration::from_millis(self.config.claim_linger_ms);
         let lease = Duration::from_secs(self.config.lease_secs);
-        // A claim may take up to `rounds` × what can be sent at once (see `admission`): the
-        // next claim is then on its way while the slots still have work. A queued delivery
-        // waits for at most `rounds − 1` attempts of its subscription before its own, so
-        // `rounds` × `timeout_secs` must stay inside the lease (60 s / 15 s: 3 rounds).
-        let rounds = i32::try_from(
-            (self.config.lease_secs.saturating_sub(1) / self.config.timeout_secs.max(1))
-                .clamp(1, 3),
+        // What a claim may take for a subscription this replica has not timed yet (see
+        // `admission::QueuePolicy`); timed ones get rounds by their attempts' duration.
+        let rounds = admission::QueuePolicy::new(
+            lease,
+            Duration::from_secs(self.config.timeout_secs),
+            self.config.concurrency,
         )
-        .unwrap_or(1);
+        .default_rounds;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // Signalled whenever an attempt finishes (its slot and permit are free again).
         let finished = Arc::new(Notify::new());
@@ -163,6 +167,7 @@ impl Dispatcher {
                     continue;
                 };
                 let (this, tx, finished) = (Arc::clone(&self), tx.clone(), Arc::clone(&finished));
+                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     loop {
                         let admission::Queued {
@@ -170,11 +175,13 @@ impl Dispatcher {
                             lease_deadline,
                             permit,
                         } = next;
+                        let started = Instant::now();
                         let outcome = this.attempt(delivery, lease_deadline).await;
+                        slot.observe(started.elapsed());
                         let _ = tx.send(outcome).await;
                         drop(permit);
                         finished.notify_one();
-                        match slot.next_queued() {
+                        match this.next_sendable(&mut slot, &shutdown).await {
                             Some(queued) => next = queued,
                             None => break,
                         }
@@ -186,6 +193,45 @@ impl Dispatcher {
         let _ = permits.acquire_many(self.config.concurrency as u32).await;
         drop(tx);
         let _ = recorder.await;
+    }
+
+    /// The subscription's next queued delivery that can still be sent inside its lease (its
+    /// attempt may take the whole timeout). Those that cannot, and at shutdown all of them,
+    /// are released: handed back unsent, to be claimed again at once.
+    async fn next_sendable(
+        &self,
+        slot: &mut admission::Slot,
+        shutdown: &CancellationToken,
+    ) -> Option<admission::Queued> {
+        let needed = Duration::from_secs(self.config.timeout_secs + 1);
+        let mut stale = Vec::new();
+        let next = loop {
+            match slot.next_queued() {
+                Some(q)
+                    if shutdown.is_cancelled()
+                        || q.lease_deadline.saturating_duration_since(Instant::now()) < needed =>
+                {
+                    stale.push(q);
+                }
+                next => break next,
+            }
+        };
+        if !stale.is_empty() {
+            let claims: Vec<(Uuid, Uuid)> = stale
+                .iter()
+                .map(|q| (q.delivery.id, q.delivery.lease_token))
+                .collect();
+            match self.store.release(&claims).await {
+                Ok(n) => {
+                    metrics::counter!("webhook_claims_released_total").increment(n);
+                }
+                // Their leases run out instead, and the claim's attempt stays counted.
+                Err(err) => {
+                    tracing::warn!(error = %err, deliveries = claims.len(), "releasing unsent claims failed; they are sent again when their lease ends");
+                }
+            }
+        }
+        next
     }
 
     async fn attempt(&self, d: Claimed, lease_deadline: Instant) -> Outcome {

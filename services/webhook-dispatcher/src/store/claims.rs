@@ -55,6 +55,8 @@ pub struct LocalLoad {
     pub in_flight: i32,
     /// Attempts its rate limit allows right now; `None`: its full per-second budget.
     pub rate_tokens: Option<i32>,
+    /// Rounds of its `max_concurrency` it may hold here (running and queued).
+    pub rounds: i32,
 }
 
 /// The result of one attempt.
@@ -105,9 +107,9 @@ impl Store {
     /// Claims up to `limit` due deliveries of enabled subscriptions for `lease_secs` under
     /// `token`, counting the attempt.
     ///
-    /// Only what can be sent within `rounds` rounds is claimed: each subscription contributes
-    /// at most `rounds` × its `max_concurrency` minus its attempts in flight or queued here
-    /// (`local`), and at most its rate limit's
+    /// Only what can be sent within a few rounds is claimed: each subscription contributes
+    /// at most its rounds (`local`, else `rounds`) × its `max_concurrency` minus its attempts
+    /// in flight or queued here (`local`), and at most its rate limit's
     /// current budget, so no claim waits for a rate token while its lease runs. Across
     /// subscriptions the oldest due deliveries win, but no subscription takes more than its
     /// share, so one backlog cannot crowd the others out. Each subscription is probed through
@@ -127,6 +129,10 @@ impl Store {
     /// than prepared once: the plan cached by the first executions, on near-empty tables, was
     /// kept as they grew and scanned every pending delivery per claim, O(backlog)
     /// (`docs/benchmarks.md`).
+    ///
+    /// A claimed delivery's `next_attempt_at` moves to its lease's end (when it is due again
+    /// should this attempt be lost), so the deliveries in flight drop out of the due range the
+    /// next claim walks: each claim reads only what it takes, however many are in flight.
     pub async fn claim(
         &self,
         limit: i64,
@@ -137,9 +143,9 @@ impl Store {
     ) -> Result<Vec<Claimed>, sqlx::Error> {
         sqlx::query_as(
             "WITH local AS ( \
-               SELECT * FROM UNNEST($4::uuid[], $5::int[], $6::int[]) AS l(id, in_flight, rate_tokens)), \
+               SELECT * FROM UNNEST($4::uuid[], $5::int[], $6::int[], $8::int[]) AS l(id, in_flight, rate_tokens, rounds)), \
              open AS ( \
-               SELECT s.id, GREATEST(0, LEAST($1, s.max_concurrency * $7 - COALESCE(l.in_flight, 0), \
+               SELECT s.id, GREATEST(0, LEAST($1, s.max_concurrency * COALESCE(l.rounds, $7) - COALESCE(l.in_flight, 0), \
                         CASE WHEN s.rate_limit_per_sec IS NULL THEN $1 \
                              ELSE COALESCE(l.rate_tokens, s.rate_limit_per_sec) END)) AS room \
                FROM webhook_subscriptions s LEFT JOIN local l ON l.id = s.id WHERE s.enabled), \
@@ -160,7 +166,8 @@ impl Store {
                ORDER BY x.next_attempt_at LIMIT $1), \
              claimed AS ( \
                UPDATE webhook_deliveries d \
-               SET lease_until = now() + make_interval(secs => $2), lease_token = $3, attempts = d.attempts + 1 \
+               SET lease_until = now() + make_interval(secs => $2), next_attempt_at = now() + make_interval(secs => $2), \
+                   lease_token = $3, attempts = d.attempts + 1 \
                WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
                RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token) \
              SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
@@ -181,8 +188,29 @@ impl Store {
         .bind(local.iter().map(|l| l.in_flight).collect::<Vec<_>>())
         .bind(local.iter().map(|l| l.rate_tokens).collect::<Vec<_>>())
         .bind(rounds.max(1))
+        .bind(local.iter().map(|l| l.rounds.max(1)).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await
+    }
+
+    /// Hands claimed deliveries back unsent, `(delivery, lease token)`: their lease ends now
+    /// and the attempt the claim counted is uncounted, so the next claim sends them as if this
+    /// one had never been made. Only deliveries still under that claim are touched. Returns
+    /// how many were released.
+    pub async fn release(&self, claims: &[(Uuid, Uuid)]) -> Result<u64, sqlx::Error> {
+        let ids: Vec<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries d SET lease_until = NULL, lease_token = NULL, \
+               next_attempt_at = now(), attempts = GREATEST(d.attempts - 1, 0) \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, token) \
+             WHERE d.id = ANY($1) AND d.id = u.id AND d.lease_token = u.token",
+        )
+        .persistent(false)
+        .bind(&ids)
+        .bind(claims.iter().map(|(_, token)| *token).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Records a batch of attempt results in one transaction: the attempts, the deliveries'
@@ -213,7 +241,7 @@ impl Store {
                  lease_until = NULL, lease_token = NULL, \
                  last_error = COALESCE(u.error, CASE WHEN u.status = 'succeeded' THEN NULL ELSE d.last_error END), \
                  completed_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END \
-               FROM u WHERE d.id = u.id AND d.lease_token = u.token AND d.status IS NOT DISTINCT FROM 'pending' \
+               FROM u WHERE d.id = ANY($1) AND d.id = u.id AND d.lease_token = u.token \
                RETURNING d.id, u.token), \
              attempts AS ( \
                INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, response_status, response_body, error) \
@@ -223,10 +251,14 @@ impl Store {
                JOIN done ON done.id = a.id AND done.token = a.token) \
              SELECT id FROM done",
         )
-        // As the claim: planned per execution, so the delivery lookup stays on the primary key.
-        // `IS NOT DISTINCT FROM` (status is NOT NULL, so the same as `=`) keeps the planner
-        // from proving the pending-deliveries index usable: with statistics dominated by
-        // finished history that index looks tiny, and scanning it read the whole backlog.
+        // As the claim: planned per execution, and every delivery reached by its primary key
+        // (`id = ANY($1)`, which also gives the planner the batch's true size, so the join
+        // with `u` is hashed, not a loop over `u` per row). No status test: only a claim sets
+        // `lease_token` (on a pending delivery) and every change of status clears it, so a
+        // matching token means the delivery is still pending under this claim. A status test
+        // here was estimated to keep almost no row (a nested loop over the batch per row) or,
+        // written as `=`, drew the planner to the pending-deliveries index, which statistics
+        // dominated by finished history make look tiny (a scan of the whole backlog).
         .persistent(false)
         .bind(&ids)
         .bind(outcomes.iter().map(|o| o.lease_token).collect::<Vec<_>>())

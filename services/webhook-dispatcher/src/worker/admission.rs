@@ -3,16 +3,21 @@
 //!
 //! The limits are applied before claiming, not after: the claim is told what each
 //! subscription already has here ([`Admission::loads`]) and returns no more than it may
-//! send now plus up to two more rounds (`rounds` in the worker). What cannot start at once
-//! waits in the subscription's local queue and is sent by the next of its attempts to finish,
-//! so a subscription's slots never stand idle while the next claim is on its way. A queued
-//! delivery waits for at most `rounds − 1` attempts of its subscription, each bounded by
-//! `timeout_secs`, and the worker picks `rounds` so that this fits in the lease. A slow or rate-limited endpoint
-//! holds at most its own share of the replica's global concurrency, never all of it.
+//! send now plus some rounds more. What cannot start at once waits in the subscription's
+//! local queue and is sent by the next of its attempts to finish, so a subscription's slots
+//! never stand idle while the next claim is on its way. A slow or rate-limited endpoint holds
+//! at most its own share of the replica's global concurrency, never all of it.
+//!
+//! How many rounds a subscription may hold ([`QueuePolicy`]) follows how long its attempts
+//! take: a fast endpoint gets a queue deep enough to cover the next claim's round trip, a
+//! slow one only what it will surely send inside the lease. A subscription not seen yet gets
+//! the rounds that fit even if every attempt runs into the timeout. Should an endpoint turn
+//! slow with a deep queue, the queued deliveries whose lease could run out during their
+//! attempt are handed back unsent (the worker releases them), never sent late.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
@@ -22,7 +27,68 @@ use crate::store::{Claimed, LocalLoad};
 /// The limits' state for every subscription with attempts in flight or a budget in use.
 #[derive(Debug, Default)]
 pub struct Admission {
+    policy: QueuePolicy,
     subscriptions: Mutex<HashMap<Uuid, Limits>>,
+}
+
+/// How deep a subscription's local queue may be, in rounds of its `max_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueuePolicy {
+    /// For a subscription whose attempts have not been timed yet: rounds that fit in the
+    /// lease even if each attempt takes the whole timeout.
+    pub default_rounds: i32,
+    /// What the queue may hold in expected waiting time (rounds × the subscription's mean
+    /// attempt duration): a fraction of the lease, so a queued delivery is normally sent long
+    /// before its lease could run out.
+    pub wait_budget: Duration,
+    /// No subscription holds more than this many claimed deliveries (running and queued)
+    /// beyond one round: half the replica's concurrency, so a fast endpoint's queue never
+    /// takes every permit from the others.
+    pub max_held: i32,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self {
+            default_rounds: 1,
+            wait_budget: Duration::ZERO,
+            max_held: 0,
+        }
+    }
+}
+
+impl QueuePolicy {
+    /// The most rounds any subscription may hold.
+    const MAX_ROUNDS: i32 = 16;
+
+    /// The policy for a replica whose leases last `lease` and attempts at most `timeout`,
+    /// with `concurrency` attempts (running or queued) at once.
+    pub fn new(lease: Duration, timeout: Duration, concurrency: usize) -> Self {
+        let timeout = timeout.max(Duration::from_secs(1));
+        // A queued delivery waits for at most `rounds − 1` attempts before its own.
+        let default_rounds = (lease.saturating_sub(Duration::from_secs(1)).as_secs_f64()
+            / timeout.as_secs_f64())
+        .floor()
+        .clamp(1.0, 3.0) as i32;
+        Self {
+            default_rounds,
+            wait_budget: lease.saturating_sub(timeout) / 2,
+            max_held: i32::try_from(concurrency / 2).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Rounds for a subscription of `max_concurrency` whose attempts take `mean` on average
+    /// (`None`: not timed yet).
+    fn rounds(&self, max_concurrency: i32, mean: Option<Duration>) -> i32 {
+        let Some(mean) = mean else {
+            return self.default_rounds;
+        };
+        let by_time = (self.wait_budget.as_secs_f64() / mean.as_secs_f64().max(1e-6)).floor();
+        let by_share = f64::from(self.max_held / max_concurrency.max(1));
+        by_time
+            .min(by_share.max(f64::from(self.default_rounds)))
+            .clamp(1.0, f64::from(Self::MAX_ROUNDS)) as i32
+    }
 }
 
 #[derive(Debug)]
@@ -31,7 +97,15 @@ struct Limits {
     max_concurrency: i32,
     rate: Option<Bucket>,
     queue: VecDeque<Queued>,
+    /// Mean attempt duration (exponentially weighted), once one has finished.
+    mean_attempt: Option<Duration>,
+    /// The last admission or finished attempt: an idle subscription's timing is kept for
+    /// [`FORGET_AFTER`], so the next burst's first claim already knows how deep to go.
+    active_at: Instant,
 }
+
+/// How long the timing of an idle subscription is kept.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// A claimed delivery with what its attempt holds: its lease deadline and its permit of
 /// the replica's global concurrency.
@@ -84,6 +158,17 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Counts how long one of the subscription's attempts took.
+    pub fn observe(&self, took: Duration) {
+        if let Some(l) = self.admission.lock().get_mut(&self.subscription_id) {
+            l.active_at = Instant::now();
+            l.mean_attempt = Some(match l.mean_attempt {
+                None => took,
+                Some(mean) => mean.mul_f64(0.8) + took.mul_f64(0.2),
+            });
+        }
+    }
+
     /// The subscription's next queued delivery, sent under this same slot; `None` frees the
     /// slot. One step under the lock, so a delivery queued meanwhile is never left behind.
     pub fn next_queued(&mut self) -> Option<Queued> {
@@ -105,8 +190,17 @@ impl Slot {
 }
 
 impl Admission {
+    /// No subscription known yet.
+    pub fn new(policy: QueuePolicy) -> Self {
+        Self {
+            policy,
+            subscriptions: Mutex::default(),
+        }
+    }
+
     /// What each subscription already uses here, for the next claim. Subscriptions that are
-    /// idle with a full budget are forgotten (the claim assumes exactly that for unknown ones).
+    /// idle with a full budget are forgotten (the claim assumes exactly that for unknown ones),
+    /// once their timing is [`FORGET_AFTER`] old.
     pub fn loads(&self) -> Vec<LocalLoad> {
         let now = Instant::now();
         let mut map = self.lock();
@@ -114,13 +208,18 @@ impl Admission {
             if let Some(b) = &mut l.rate {
                 b.refill(now);
             }
-            l.in_flight > 0 || !l.queue.is_empty() || l.rate.as_ref().is_some_and(|b| !b.is_full())
+            l.in_flight > 0
+                || !l.queue.is_empty()
+                || l.rate.as_ref().is_some_and(|b| !b.is_full())
+                || (l.mean_attempt.is_some()
+                    && now.saturating_duration_since(l.active_at) < FORGET_AFTER)
         });
         map.iter()
             .map(|(id, l)| LocalLoad {
                 subscription_id: *id,
                 in_flight: l.in_flight + l.queue.len() as i32,
                 rate_tokens: l.rate.as_ref().map(|b| b.tokens.floor() as i32),
+                rounds: self.policy.rounds(l.max_concurrency, l.mean_attempt),
             })
             .collect()
     }
@@ -140,7 +239,10 @@ impl Admission {
             max_concurrency: d.max_concurrency,
             rate: None,
             queue: VecDeque::new(),
+            mean_attempt: None,
+            active_at: now,
         });
+        limits.active_at = now;
         limits.max_concurrency = d.max_concurrency;
         limits.rate = match (limits.rate.take(), d.rate_limit_per_sec.filter(|r| *r > 0)) {
             (_, None) => None,
@@ -219,6 +321,49 @@ mod tests {
 
     fn run(admission: &Arc<Admission>, d: Claimed) -> Slot {
         admission.admit(queued(d)).expect("a free slot").0
+    }
+
+    #[test]
+    fn queue_depth_follows_attempt_duration_within_the_lease_and_a_fair_share() {
+        let policy = QueuePolicy::new(Duration::from_secs(60), Duration::from_secs(15), 256);
+        // Untimed: what fits if every attempt runs into the timeout (3 × 15 s < 60 s).
+        assert_eq!(policy.default_rounds, 3);
+        assert_eq!(policy.rounds(16, None), 3);
+        // Fast: as deep as half the replica's concurrency allows (128 / 16).
+        assert_eq!(policy.rounds(16, Some(Duration::from_millis(2))), 8);
+        // A wide subscription keeps the untimed depth (its share is already one round).
+        assert_eq!(policy.rounds(256, Some(Duration::from_millis(2))), 3);
+        // Slow: only what is expected to be sent within half of the lease beyond the timeout.
+        assert_eq!(policy.rounds(16, Some(Duration::from_secs(5))), 4);
+        assert_eq!(policy.rounds(16, Some(Duration::from_secs(14))), 1);
+        // A short lease: one round, whatever the speed.
+        let tight = QueuePolicy::new(Duration::from_secs(3), Duration::from_secs(2), 4);
+        assert_eq!(tight.default_rounds, 1);
+        assert_eq!(tight.rounds(1, Some(Duration::from_millis(900))), 1);
+    }
+
+    #[test]
+    fn a_slot_times_its_subscriptions_attempts() {
+        let admission = Arc::new(Admission::new(QueuePolicy::new(
+            Duration::from_secs(60),
+            Duration::from_secs(15),
+            256,
+        )));
+        let slot = run(&admission, claimed(Uuid::now_v7(), 16, None));
+        assert_eq!(admission.loads()[0].rounds, 3, "not timed yet");
+        slot.observe(Duration::from_millis(3));
+        assert_eq!(admission.loads()[0].rounds, 8);
+        // One slow attempt moves the mean a fifth of the way: 3 ms → ~2 s.
+        slot.observe(Duration::from_secs(10));
+        assert_eq!(admission.loads()[0].rounds, 8);
+        for _ in 0..20 {
+            slot.observe(Duration::from_secs(10));
+        }
+        assert_eq!(admission.loads()[0].rounds, 2);
+        // Idle again: still known (for a while), so the next burst starts at that depth.
+        drop(slot);
+        let idle = admission.loads();
+        assert_eq!((idle[0].in_flight, idle[0].rounds), (0, 2));
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub fn http_client(
         timeout: Some(Duration::from_secs(config.timeout_secs)),
         proxy: config.proxy.as_ref().map(|p| p.url().clone()),
         user_agent: concat!("realtime-webhooks/", env!("CARGO_PKG_VERSION")),
-        pool_max_idle_per_host: 32,
+        // As many as can be in flight at once: with fewer, every attempt beyond them closed
+        // its connection afterwards and the next one opened a new one (a TCP handshake per
+        // delivery at `max_concurrency` 256, which made raising the limit slower).
+        pool_max_idle_per_host: config.concurrency,
     };
     Ok(egress::client(&options, policy)?)
 }

@@ -145,10 +145,13 @@ async fn an_outcome_is_recorded_only_under_its_own_claim() {
     due(&store, sub, 1).await;
     let first = claim(&store, 10, &[]).await.remove(0);
     // Its lease runs out before the outcome is written, and another claim takes it over.
-    sqlx::query("UPDATE webhook_deliveries SET lease_until = now() - interval '1 second'")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE webhook_deliveries SET lease_until = now() - interval '1 second', \
+           next_attempt_at = now() - interval '1 second'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
     let second = claim(&store, 10, &[]).await.remove(0);
     assert_eq!((second.id, second.attempts), (first.id, 2));
     assert_ne!(second.lease_token, first.lease_token);
@@ -194,11 +197,13 @@ async fn a_claim_takes_only_what_each_subscription_may_send_now() {
             subscription_id: narrow,
             in_flight: 2,
             rate_tokens: None,
+            rounds: 1,
         },
         LocalLoad {
             subscription_id: limited,
             in_flight: 3,
             rate_tokens: Some(0),
+            rounds: 1,
         },
     ];
     assert!(claim(&store, 100, &local).await.is_empty());
@@ -216,4 +221,46 @@ async fn a_claim_takes_only_what_each_subscription_may_send_now() {
     let claimed = claim(&store, 100, &local).await;
     assert_eq!(count(&claimed, narrow), 1);
     assert_eq!(count(&claimed, limited), 1);
+    // A subscription allowed two rounds here may hold twice its max_concurrency: with its
+    // two slots busy it still takes two more (all it has left).
+    let local = [LocalLoad {
+        in_flight: 2,
+        rounds: 2,
+        ..local[0]
+    }];
+    let claimed = claim(&store, 100, &local).await;
+    assert_eq!(count(&claimed, narrow), 2, "two rounds");
+}
+
+#[tokio::test]
+async fn a_claimed_delivery_is_due_again_when_its_lease_ends_and_a_released_one_at_once() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let sub = subscription(&store, 16, None).await;
+    due(&store, sub, 2).await;
+    let claimed = claim(&store, 10, &[]).await;
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.attempts == 1));
+    // In flight: not due before the lease ends, so the next claim does not even walk it.
+    let (lease_until, next_at): (OffsetDateTime, OffsetDateTime) =
+        sqlx::query_as("SELECT lease_until, next_attempt_at FROM webhook_deliveries WHERE id = $1")
+            .bind(claimed[0].id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(next_at, lease_until);
+    assert!(lease_until > OffsetDateTime::now_utc() + Duration::from_secs(50));
+    assert!(claim(&store, 10, &[]).await.is_empty());
+
+    // Released under a stale token: untouched. Under its own: due now, attempt uncounted.
+    let stale = [(claimed[0].id, Uuid::now_v7())];
+    assert_eq!(store.release(&stale).await.unwrap(), 0);
+    let mine = [(claimed[0].id, claimed[0].lease_token)];
+    assert_eq!(store.release(&mine).await.unwrap(), 1);
+    let again = claim(&store, 10, &[]).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (claimed[0].id, 1));
+    // The first claim's token no longer records anything.
+    let done = store.record(&[success(&claimed[0])], 0).await.unwrap();
+    assert_eq!(done.lease_lost, vec![claimed[0].id]);
 }

@@ -142,6 +142,64 @@ async fn a_slow_subscription_neither_outlives_its_leases_nor_starves_others() {
 }
 
 #[tokio::test]
+async fn an_endpoint_turning_slow_gets_its_unsendable_claims_handed_back_unsent() {
+    let nats = NatsServer::start();
+    let db = TestDatabase::create().await;
+    let extra = [
+        ("DELIVERY__LEASE_SECS", "4"),
+        ("DELIVERY__TIMEOUT_SECS", "1"),
+        ("DELIVERY__CONNECT_TIMEOUT_SECS", "1"),
+        ("DELIVERY__CONCURRENCY", "8"),
+    ];
+    let d = Dispatcher::start(&nats, &db, &extra).await;
+    let api = d.api();
+    let receiver = Receiver::start().await;
+    let (sub, _) = api
+        .subscribe(
+            &receiver.url(),
+            &["payout.*"],
+            json!({"max_concurrency": 1}),
+        )
+        .await;
+    let publisher = publisher(&nats).await;
+    // Fast at first: the dispatcher learns to claim four rounds ahead (half its concurrency).
+    let fast = 10;
+    for i in 0..fast {
+        publisher
+            .publish(&event("payout.created", i))
+            .await
+            .unwrap();
+    }
+    receiver.wait_for(fast as usize).await;
+    // Then each attempt takes 0.9 s of a 4 s lease: a delivery queued behind three of them
+    // would start with too little lease left for its 1 s timeout.
+    receiver.always(Reply::delayed(200, Duration::from_millis(900)));
+    let slow = 6;
+    for i in fast..fast + slow {
+        publisher
+            .publish(&event("payout.created", i))
+            .await
+            .unwrap();
+    }
+    let n = (fast + slow) as usize;
+    eventually("every delivery recorded", || async {
+        let done = api.deliveries(&sub, "?status=succeeded&limit=100").await;
+        (done.len() == n).then_some(())
+    })
+    .await;
+    assert!(
+        d.metric("webhook_claims_released_total", "").await >= 1.0,
+        "a queued delivery was handed back"
+    );
+    // Handed back, not sent late or twice, and the claim that never sent it left no attempt.
+    let all = api.deliveries(&sub, "?limit=100").await;
+    assert!(all.iter().all(|d| d["attempts"] == 1), "{all:?}");
+    let got = receiver.received();
+    let ids: HashSet<&str> = got.iter().map(|r| header(r, "webhook-id")).collect();
+    assert_eq!((got.len(), ids.len()), (n, n), "sent twice");
+}
+
+#[tokio::test]
 async fn redeliver_leaves_an_attempt_in_flight_alone() {
     let nats = NatsServer::start();
     let db = TestDatabase::create().await;
