@@ -58,6 +58,11 @@ pub struct DeliveryConfig {
     /// before its next claim, so that claims stay batched under load (one claim per finished
     /// attempt would cost a database round trip per delivery). 0: claim at once.
     pub claim_linger_ms: u64,
+    /// Intake claims fresh deliveries as it stores them, up to this replica's free attempt
+    /// slots and each subscription's room, and hands them straight to the workers: no claim
+    /// round trip or second write before a first attempt. Off: every delivery waits for the
+    /// claim loop.
+    pub claim_at_intake: bool,
     /// Seconds to establish a connection.
     pub connect_timeout_secs: u64,
     /// Seconds for a whole attempt, body included.
@@ -145,6 +150,7 @@ impl Default for DeliveryConfig {
             lease_secs: 60,
             poll_interval_ms: 250,
             claim_linger_ms: 2,
+            claim_at_intake: true,
             connect_timeout_secs: 5,
             timeout_secs: 15,
             max_response_body_bytes: 4096,

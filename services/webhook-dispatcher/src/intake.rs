@@ -17,6 +17,7 @@ use uuid::Uuid;
 use service_runtime::{Backoff, ReadyFlag};
 
 use crate::store::{OutboxEvent, Store};
+use crate::worker::handoff::Handoff;
 use events::pattern::{Pattern, any_matches};
 use events::trace_context::{TRACEPARENT, format_traceparent, parse_traceparent};
 
@@ -55,6 +56,48 @@ impl PatternCache {
     }
 }
 
+/// Where stored deliveries go: straight to this replica's workers, as many as they have
+/// room for (`delivery.claim_at_intake`), the rest to the claim loop, which is woken.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    /// Wakes the claim loop.
+    pub work_ready: Arc<Notify>,
+    /// The hand-over to the workers; `None`: every delivery goes through the claim loop.
+    pub handoff: Option<Handoff>,
+}
+
+impl Workers {
+    /// Stores a batch's events and deliveries (one transaction), then hands what it claimed
+    /// to the workers and wakes the claim loop for the rest.
+    async fn store(
+        &self,
+        store: &Store,
+        events: &[OutboxEvent],
+        deliveries: &[(Uuid, Uuid, String)],
+    ) -> Result<(), sqlx::Error> {
+        let reservation = self
+            .handoff
+            .as_ref()
+            .and_then(|h| h.reserve(deliveries.len()));
+        let Some(reservation) = reservation else {
+            store.insert_outbox(events, deliveries).await?;
+            self.work_ready.notify_one();
+            return Ok(());
+        };
+        // Dropping the reservation on error frees its slots.
+        let (inserted, claimed) = store
+            .insert_outbox_claiming(events, deliveries, &reservation.claim())
+            .await?;
+        if (claimed.len() as u64) < inserted {
+            self.work_ready.notify_one();
+        }
+        if let Some(handoff) = &self.handoff {
+            handoff.hand_over(store, reservation, claimed).await;
+        }
+        Ok(())
+    }
+}
+
 /// Consumes until shutdown, retrying with backoff through NATS or PostgreSQL outages.
 /// `consuming` is set once the durable consumer exists (readiness).
 #[allow(clippy::too_many_arguments)]
@@ -65,7 +108,7 @@ pub async fn run(
     consumer_name: String,
     batch: usize,
     ack_wait: Duration,
-    work_ready: Arc<Notify>,
+    workers: Workers,
     consuming: ReadyFlag,
     shutdown: CancellationToken,
 ) {
@@ -79,7 +122,7 @@ pub async fn run(
             &consumer_name,
             batch,
             ack_wait,
-            &work_ready,
+            &workers,
             &consuming,
             &shutdown,
         );
@@ -105,7 +148,7 @@ async fn consume(
     consumer_name: &str,
     batch: usize,
     ack_wait: Duration,
-    work_ready: &Notify,
+    workers: &Workers,
     consuming: &ReadyFlag,
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -201,14 +244,13 @@ async fn consume(
             }
             to_ack.push(message);
         }
-        if !delivery_rows.is_empty() {
-            if let Err(err) = store.insert_outbox(&event_rows, &delivery_rows).await {
-                for m in &to_ack {
-                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                return Err(err.into());
+        if !delivery_rows.is_empty()
+            && let Err(err) = workers.store(store, &event_rows, &delivery_rows).await
+        {
+            for m in &to_ack {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
-            work_ready.notify_one();
+            return Err(err.into());
         }
         for m in &to_ack {
             m.ack().await?;

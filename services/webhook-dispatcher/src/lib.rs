@@ -87,6 +87,12 @@ pub async fn run(
     let patterns = Arc::new(intake::PatternCache::default());
     let work_ready = Arc::new(Notify::new());
 
+    let dispatcher = Arc::new(worker::Dispatcher::new(
+        store.clone(),
+        http,
+        service.delivery.clone(),
+        Arc::clone(&policy),
+    ));
     let consuming = ctx.readiness.flag("intake", "consumer not created yet");
     // Intake, workers and maintenance read the schema: they start once migrations have run
     // (a fresh database would otherwise log "relation does not exist" until then).
@@ -100,17 +106,14 @@ pub async fn run(
             service.intake.consumer.clone(),
             service.intake.batch,
             Duration::from_secs(service.intake.ack_wait_secs),
-            Arc::clone(&work_ready),
+            intake::Workers {
+                work_ready: Arc::clone(&work_ready),
+                handoff: dispatcher.handoff(),
+            },
             consuming,
             shutdown.clone(),
         ),
     );
-    let dispatcher = Arc::new(worker::Dispatcher::new(
-        store.clone(),
-        http,
-        service.delivery.clone(),
-        Arc::clone(&policy),
-    ));
     let workers = after_migrations(
         &ctx.migrated,
         &shutdown,

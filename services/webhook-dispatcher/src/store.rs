@@ -209,12 +209,33 @@ impl Store {
     }
 
     /// Deletes a subscription and everything it owns; false if it did not exist.
+    ///
+    /// In one transaction, in this order: the subscription (and its secrets, by their foreign
+    /// key), so that intake, which inserts deliveries only for a subscription it holds a
+    /// key-share lock on, adds none after this; then its deliveries, each waiting for an
+    /// outcome being recorded for it; then their attempts, in a statement of its own so that
+    /// it also sees the attempts those outcomes added.
     pub async fn delete_subscription(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let deliveries: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM webhook_deliveries WHERE subscription_id = $1 RETURNING id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM webhook_attempts WHERE delivery_id = ANY($1)")
+            .bind(&deliveries)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The newest active secret.
@@ -286,32 +307,78 @@ impl Store {
     }
 
     /// Stores events and their deliveries in one transaction; repeats are ignored, so a
-    /// redelivered event creates no duplicate deliveries.
+    /// redelivered event creates no duplicate deliveries, and a delivery for a subscription
+    /// deleted meanwhile is not stored (the insert holds a key-share lock on each subscription
+    /// it adds deliveries for, once per batch). Returns how many deliveries were stored.
     pub async fn insert_outbox(
         &self,
         events: &[OutboxEvent],
         deliveries: &[(Uuid, Uuid, String)],
     ) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let inserted = insert_outbox_tx(&mut tx, events, deliveries).await?;
+        let (inserted, _) = insert_outbox_tx(&mut tx, events, deliveries, None).await?;
         tx.commit().await?;
         Ok(inserted)
     }
+
+    /// [`Store::insert_outbox`], claiming some of the new deliveries as they are stored (see
+    /// [`ClaimOnInsert`]): each is written already leased under `claim.token`, its first
+    /// attempt counted, exactly as [`Store::claim`] would leave it, so the claim's round
+    /// trip, row lock and second write of the row are saved. Returns how many deliveries were
+    /// stored and the claimed ones, to be sent now that the transaction has committed.
+    pub async fn insert_outbox_claiming(
+        &self,
+        events: &[OutboxEvent],
+        deliveries: &[(Uuid, Uuid, String)],
+        claim: &ClaimOnInsert<'_>,
+    ) -> Result<(u64, Vec<Claimed>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let stored = insert_outbox_tx(&mut tx, events, deliveries, Some(claim)).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+}
+
+/// Which new deliveries [`Store::insert_outbox_claiming`] claims: in the batch's order, per
+/// subscription no more than its room here (its `max_concurrency` × `rounds`, its entry in
+/// `local` or else `rounds`, minus its attempts in flight or queued here), at most `limit` in
+/// all, and none of a subscription that is disabled or rate-limited (their budget is the
+/// claim loop's to spend).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimOnInsert<'a> {
+    /// Deliveries claimed at most (the attempt slots reserved for them).
+    pub limit: i64,
+    /// Seconds the claims are held.
+    pub lease_secs: u64,
+    /// The claims' token.
+    pub token: Uuid,
+    /// What this replica already has under way, as for [`Store::claim`].
+    pub local: &'a [LocalLoad],
+    /// Rounds for a subscription not in `local`.
+    pub rounds: i32,
 }
 
 async fn insert_outbox_tx(
     tx: &mut Transaction<'static, Postgres>,
     events: &[OutboxEvent],
     deliveries: &[(Uuid, Uuid, String)],
-) -> Result<u64, sqlx::Error> {
+    claim: Option<&ClaimOnInsert<'_>>,
+) -> Result<(u64, Vec<Claimed>), sqlx::Error> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     let traceparents: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
+    // An event received again (a JetStream redelivery, a publisher's retry) after an hour gets
+    // a fresh `received_at`, so pruning, which deletes only events older than its retention
+    // (at least a day) that no delivery refers to, cannot delete it under the delivery this
+    // batch is about to add: the update and the prune's delete lock the same row. The batch's
+    // repeats are dropped first (an upsert may not touch a row twice).
     sqlx::query(
-        "INSERT INTO webhook_events (id, event_type, payload, traceparent) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-         ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO webhook_events AS e (id, event_type, payload, traceparent) \
+         SELECT DISTINCT ON (u.id) u.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+           AS u(id, event_type, payload, traceparent) \
+         ON CONFLICT (id) DO UPDATE SET received_at = now() \
+           WHERE e.received_at < now() - interval '1 hour'",
     )
     .bind(&ids)
     .bind(&types)
@@ -322,17 +389,106 @@ async fn insert_outbox_tx(
     let delivery_ids: Vec<Uuid> = deliveries.iter().map(|_| Uuid::now_v7()).collect();
     let event_ids: Vec<Uuid> = deliveries.iter().map(|d| d.0).collect();
     let sub_ids: Vec<Uuid> = deliveries.iter().map(|d| d.1).collect();
-    let d_types: Vec<String> = deliveries.iter().map(|d| d.2.clone()).collect();
-    let done = sqlx::query(
-        "INSERT INTO webhook_deliveries (id, event_id, subscription_id, event_type) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) \
-         ON CONFLICT (event_id, subscription_id) DO NOTHING",
+    let d_types: Vec<&str> = deliveries.iter().map(|d| d.2.as_str()).collect();
+    let local = claim.map_or(&[][..], |c| c.local);
+    // One statement whether or not it claims: every stored delivery comes back (`inserted`
+    // counts them), the claimed ones with what their attempt needs. Planned per execution, as
+    // the claim is, since it looks up events and subscriptions by key and a plan cached on
+    // near-empty tables would not.
+    let rows: Vec<InsertedRow> = sqlx::query_as(
+        "WITH u AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) WITH ORDINALITY \
+             AS u(id, event_id, subscription_id, event_type, n)), \
+         local AS ( \
+           SELECT * FROM UNNEST($5::uuid[], $6::int[], $7::int[]) AS l(id, in_flight, rounds)), \
+         subs AS ( \
+           SELECT s.id, s.enabled AND s.rate_limit_per_sec IS NULL AS direct, \
+                  s.max_concurrency * COALESCE(l.rounds, $8) - COALESCE(l.in_flight, 0) AS room \
+           FROM webhook_subscriptions s LEFT JOIN local l ON l.id = s.id \
+           WHERE s.id = ANY($3) FOR KEY SHARE OF s), \
+         fitting AS ( \
+           SELECT u.*, s.direct AND row_number() OVER (PARTITION BY u.subscription_id ORDER BY u.n) <= s.room AS fits \
+           FROM u JOIN subs s ON s.id = u.subscription_id), \
+         taken AS ( \
+           SELECT f.*, f.fits AND count(*) FILTER (WHERE f.fits) OVER (ORDER BY f.n) <= $9 AS take \
+           FROM fitting f), \
+         ins AS ( \
+           INSERT INTO webhook_deliveries \
+             (id, event_id, subscription_id, event_type, attempts, next_attempt_at, lease_until, lease_token) \
+           SELECT t.id, t.event_id, t.subscription_id, t.event_type, \
+                  CASE WHEN t.take THEN 1 ELSE 0 END, \
+                  CASE WHEN t.take THEN now() + make_interval(secs => $10) ELSE now() END, \
+                  CASE WHEN t.take THEN now() + make_interval(secs => $10) END, \
+                  CASE WHEN t.take THEN $11::uuid END \
+           FROM taken t ORDER BY t.n \
+           ON CONFLICT (event_id, subscription_id) DO NOTHING \
+           RETURNING id, event_id, subscription_id, attempts, event_type, lease_token) \
+         SELECT i.id, i.event_id, i.subscription_id, i.attempts, i.event_type, i.lease_token, \
+                e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
+                CASE WHEN i.lease_token IS NULL THEN '{}'::text[] ELSE \
+                  ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
+                        AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) END AS secrets, \
+                e.traceparent \
+         FROM ins i JOIN webhook_subscriptions s ON s.id = i.subscription_id \
+         LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e \
+                            WHERE e.id = i.event_id AND i.lease_token IS NOT NULL) e ON TRUE",
     )
+    .persistent(false)
     .bind(&delivery_ids)
     .bind(&event_ids)
     .bind(&sub_ids)
     .bind(&d_types)
-    .execute(&mut **tx)
+    .bind(local.iter().map(|l| l.subscription_id).collect::<Vec<_>>())
+    .bind(local.iter().map(|l| l.in_flight).collect::<Vec<_>>())
+    .bind(local.iter().map(|l| l.rounds.max(1)).collect::<Vec<_>>())
+    .bind(claim.map_or(1, |c| c.rounds.max(1)))
+    .bind(claim.map_or(0, |c| c.limit))
+    .bind(claim.map_or(0.0, |c| c.lease_secs as f64))
+    .bind(claim.map_or(Uuid::nil(), |c| c.token))
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected())
+    let inserted = rows.len() as u64;
+    let claimed = rows
+        .into_iter()
+        .filter_map(InsertedRow::into_claimed)
+        .collect();
+    Ok((inserted, claimed))
+}
+
+/// A delivery [`insert_outbox_tx`] stored; claimed when it carries a lease token.
+#[derive(sqlx::FromRow)]
+struct InsertedRow {
+    id: Uuid,
+    event_id: Uuid,
+    subscription_id: Uuid,
+    attempts: i32,
+    event_type: String,
+    lease_token: Option<Uuid>,
+    payload: Option<String>,
+    url: String,
+    max_attempts: i32,
+    rate_limit_per_sec: Option<i32>,
+    max_concurrency: i32,
+    secrets: Vec<String>,
+    traceparent: Option<String>,
+}
+
+impl InsertedRow {
+    fn into_claimed(self) -> Option<Claimed> {
+        Some(Claimed {
+            lease_token: self.lease_token?,
+            id: self.id,
+            event_id: self.event_id,
+            subscription_id: self.subscription_id,
+            attempts: self.attempts,
+            event_type: self.event_type,
+            payload: self.payload,
+            url: self.url,
+            max_attempts: self.max_attempts,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+            max_concurrency: self.max_concurrency,
+            secrets: self.secrets,
+            traceparent: self.traceparent,
+        })
+    }
 }

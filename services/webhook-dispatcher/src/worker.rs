@@ -10,10 +10,11 @@
 //! trips per attempt well below one.
 
 pub mod admission;
+pub mod handoff;
 mod http;
 pub mod recorder;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use self::handoff::{Handed, Handoff};
 use self::http::{AttemptError, Response, classify};
 pub use self::http::{HttpClientError, http_client, literal_ip, parse_retry_after};
 use crate::config::DeliveryConfig;
@@ -40,8 +42,22 @@ pub struct Dispatcher {
     config: DeliveryConfig,
     policy: Arc<AddressPolicy>,
     admission: Arc<admission::Admission>,
+    /// The replica's attempt slots (`delivery.concurrency`), held from claim to outcome.
+    permits: Arc<Semaphore>,
+    /// Intake's side of the hand-over of deliveries it claims as it stores them.
+    handoff: Handoff,
+    /// The workers' side, taken by [`Dispatcher::run`].
+    handed: Mutex<Option<mpsc::Receiver<Handed>>>,
     /// Delays between a delivery's attempts.
     retry: Backoff,
+}
+
+/// What a launched attempt reports to: the recorder, the claim loop, shutdown.
+#[derive(Debug, Clone)]
+struct Launcher {
+    outcomes: mpsc::Sender<Outcome>,
+    finished: Arc<Notify>,
+    shutdown: CancellationToken,
 }
 
 impl Dispatcher {
@@ -52,29 +68,82 @@ impl Dispatcher {
         config: DeliveryConfig,
         policy: Arc<AddressPolicy>,
     ) -> Self {
+        let lease = Duration::from_secs(config.lease_secs);
+        let queues = admission::QueuePolicy::new(
+            lease,
+            Duration::from_secs(config.timeout_secs),
+            config.concurrency,
+        );
+        let admission = Arc::new(admission::Admission::new(queues));
+        let permits = Arc::new(Semaphore::new(config.concurrency));
+        let (tx, rx) = mpsc::channel(64);
         Self {
             retry: retry_backoff(&config),
             store,
             http,
-            admission: Arc::new(admission::Admission::new(admission::QueuePolicy::new(
-                Duration::from_secs(config.lease_secs),
-                Duration::from_secs(config.timeout_secs),
-                config.concurrency,
-            ))),
+            handoff: Handoff::new(
+                Arc::clone(&permits),
+                Arc::clone(&admission),
+                queues.default_rounds,
+                lease,
+                tx,
+            ),
+            handed: Mutex::new(Some(rx)),
+            admission,
+            permits,
             config,
             policy,
         }
     }
 
-    /// Claims and sends until shutdown. In-flight attempts finish (bounded by the request
-    /// timeout) and are recorded before this returns.
+    /// Intake's side of the hand-over (`delivery.claim_at_intake`), `None` when it is off.
+    pub fn handoff(&self) -> Option<Handoff> {
+        self.config.claim_at_intake.then(|| self.handoff.clone())
+    }
+
+    /// Claims and sends until shutdown, and sends what intake hands over. In-flight attempts
+    /// finish (bounded by the request timeout) and are recorded before this returns.
     pub async fn run(self: Arc<Self>, work_ready: Arc<Notify>, shutdown: CancellationToken) {
         let (tx, rx) = mpsc::channel::<Outcome>(self.config.concurrency * 2);
         let recorder = tokio::spawn(recorder::run(
             recorder::Recorder::new(self.store.clone(), self.config.disable_after_failures),
             rx,
         ));
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        // Signalled whenever an attempt finishes (its slot and permit are free again).
+        let finished = Arc::new(Notify::new());
+        let launcher = Launcher {
+            outcomes: tx,
+            finished: Arc::clone(&finished),
+            shutdown: shutdown.clone(),
+        };
+        let handed = self
+            .handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let handed = handed.map(|rx| tokio::spawn(Arc::clone(&self).receive(rx, launcher.clone())));
+        self.claim_loop(&work_ready, &finished, &launcher).await;
+        if let Some(handed) = handed {
+            let _ = handed.await;
+        }
+        // Let in-flight attempts finish and be recorded.
+        let _ = self
+            .permits
+            .acquire_many(self.config.concurrency as u32)
+            .await;
+        drop(launcher);
+        let _ = recorder.await;
+    }
+
+    /// Claims due deliveries and launches their attempts until shutdown.
+    async fn claim_loop(
+        self: &Arc<Self>,
+        work_ready: &Notify,
+        finished: &Notify,
+        launcher: &Launcher,
+    ) {
+        let permits = &self.permits;
+        let shutdown = &launcher.shutdown;
         let idle = Duration::from_millis(self.config.poll_interval_ms);
         let linger = Duration::from_millis(self.config.claim_linger_ms);
         let lease = Duration::from_secs(self.config.lease_secs);
@@ -87,20 +156,25 @@ impl Dispatcher {
         )
         .default_rounds;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        // Signalled whenever an attempt finishes (its slot and permit are free again).
-        let finished = Arc::new(Notify::new());
         // The last claim took everything it could: claiming again at once would come back
         // empty (or nearly), so the loop waits for something to change first.
         let mut drained = false;
+        // The last claim may have left due deliveries behind for want of room (it took some,
+        // or some subscription already held all it may here): a finished attempt may make
+        // more claimable. Otherwise (it found no due work at all) only new work or the poll
+        // interval can, and waking on every finished attempt would send a claim per attempt
+        // that comes back empty.
+        let mut room_bound = true;
         while !shutdown.is_cancelled() {
             if drained || permits.available_permits() == 0 {
                 // Nothing more is claimable until work arrives, an attempt finishes, or the
                 // poll interval passes (rate budgets refill with time; other replicas'
                 // intake does not notify this one).
+                let on_finish = !drained || room_bound;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = work_ready.notified() => {}
-                    () = finished.notified() => {}
+                    () = finished.notified(), if on_finish => {}
                     () = tokio::time::sleep(idle) => {}
                 }
                 // Under load, let more slots free up so the claim stays a batch.
@@ -119,6 +193,7 @@ impl Dispatcher {
             // Taken before the claim is sent, so it is never later than the database's lease.
             let lease_deadline = Instant::now() + lease;
             let loads = self.admission.loads();
+            let full = self.admission.any_full();
             let limit = free.min(self.config.claim_batch);
             let claim = self.store.claim(
                 limit,
@@ -137,7 +212,7 @@ impl Dispatcher {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "claiming deliveries failed; retrying");
-                    if !backoff.wait(&shutdown).await {
+                    if !backoff.wait(shutdown).await {
                         break;
                     }
                     continue;
@@ -146,53 +221,79 @@ impl Dispatcher {
             // A claim that got less than it asked for took every due delivery the
             // subscriptions' room allowed: asking again at once would come back empty.
             drained = (claimed.len() as i64) < limit;
+            room_bound = full || !claimed.is_empty();
             metrics::histogram!("webhook_claim_batch_size").record(claimed.len() as f64);
             for delivery in claimed {
-                // At most `free` were claimed and only this loop takes permits.
-                let permit = match Arc::clone(&permits).try_acquire_owned() {
+                // At most `free` were claimed, but intake may have reserved slots meanwhile
+                // (`handoff`): then this waits for attempts to finish, as bounded by the
+                // request timeout, well inside the lease.
+                let permit = match Arc::clone(permits).try_acquire_owned() {
                     Ok(p) => p,
-                    Err(_) => match Arc::clone(&permits).acquire_owned().await {
+                    Err(_) => match Arc::clone(permits).acquire_owned().await {
                         Ok(p) => p,
                         Err(_) => break,
                     },
                 };
-                let queued = admission::Queued {
+                self.launch(
+                    admission::Queued {
+                        delivery,
+                        lease_deadline,
+                        permit,
+                    },
+                    launcher,
+                );
+            }
+        }
+    }
+
+    /// Launches what intake hands over until shutdown; what is handed over after that is
+    /// released.
+    async fn receive(self: Arc<Self>, mut handed: mpsc::Receiver<Handed>, launcher: Launcher) {
+        loop {
+            let batch = tokio::select! {
+                () = launcher.shutdown.cancelled() => break,
+                batch = handed.recv() => batch,
+            };
+            let Some(Handed { queued }) = batch else {
+                break;
+            };
+            for q in queued {
+                self.launch(q, &launcher);
+            }
+        }
+        handed.close();
+        while let Some(Handed { queued }) = handed.recv().await {
+            handoff::release(&self.store, &queued).await;
+        }
+    }
+
+    /// Admits a claimed delivery: queued behind its subscription's running attempts, or sent
+    /// now by a task that then sends whatever queues behind it.
+    fn launch(self: &Arc<Self>, queued: admission::Queued, launcher: &Launcher) {
+        let Some((mut slot, mut next)) = self.admission.admit(queued) else {
+            return;
+        };
+        let this = Arc::clone(self);
+        let launcher = launcher.clone();
+        tokio::spawn(async move {
+            loop {
+                let admission::Queued {
                     delivery,
                     lease_deadline,
                     permit,
-                };
-                // Queued behind the subscription's running attempts, or sent now by a task
-                // that then sends whatever queues behind it.
-                let Some((mut slot, mut next)) = self.admission.admit(queued) else {
-                    continue;
-                };
-                let (this, tx, finished) = (Arc::clone(&self), tx.clone(), Arc::clone(&finished));
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let admission::Queued {
-                            delivery,
-                            lease_deadline,
-                            permit,
-                        } = next;
-                        let started = Instant::now();
-                        let outcome = this.attempt(delivery, lease_deadline).await;
-                        slot.observe(started.elapsed());
-                        let _ = tx.send(outcome).await;
-                        drop(permit);
-                        finished.notify_one();
-                        match this.next_sendable(&mut slot, &shutdown).await {
-                            Some(queued) => next = queued,
-                            None => break,
-                        }
-                    }
-                });
+                } = next;
+                let started = Instant::now();
+                let outcome = this.attempt(delivery, lease_deadline).await;
+                slot.observe(started.elapsed());
+                let _ = launcher.outcomes.send(outcome).await;
+                drop(permit);
+                launcher.finished.notify_one();
+                match this.next_sendable(&mut slot, &launcher.shutdown).await {
+                    Some(queued) => next = queued,
+                    None => break,
+                }
             }
-        }
-        // Let in-flight attempts finish and be recorded.
-        let _ = permits.acquire_many(self.config.concurrency as u32).await;
-        drop(tx);
-        let _ = recorder.await;
+        });
     }
 
     /// The subscription's next queued delivery that can still be sent inside its lease (its
@@ -217,19 +318,7 @@ impl Dispatcher {
             }
         };
         if !stale.is_empty() {
-            let claims: Vec<(Uuid, Uuid)> = stale
-                .iter()
-                .map(|q| (q.delivery.id, q.delivery.lease_token))
-                .collect();
-            match self.store.release(&claims).await {
-                Ok(n) => {
-                    metrics::counter!("webhook_claims_released_total").increment(n);
-                }
-                // Their leases run out instead, and the claim's attempt stays counted.
-                Err(err) => {
-                    tracing::warn!(error = %err, deliveries = claims.len(), "releasing unsent claims failed; they are sent again when their lease ends");
-                }
-            }
+            handoff::release(&self.store, &stale).await;
         }
         next
     }
@@ -346,8 +435,13 @@ impl Dispatcher {
                 "subscription has no valid signing secret".to_owned(),
             ));
         }
+        let Some(payload) = d.payload.as_deref() else {
+            return Err(AttemptError::Refused(
+                "the event's stored bytes are gone".to_owned(),
+            ));
+        };
         let event_id = d.event_id.to_string();
-        let body = d.payload.as_bytes();
+        let body = payload.as_bytes();
         let signatures = sign(&keys, &event_id, timestamp, body);
         let mut headers = HeaderMap::with_capacity(10);
         let mut put = |name: &'static str, value: String| {
@@ -367,7 +461,7 @@ impl Dispatcher {
             .http
             .post(url)
             .headers(headers)
-            .body(d.payload.clone())
+            .body(payload.to_owned())
             .send()
             .await
             .map_err(|e| classify(&e))?;

@@ -29,8 +29,9 @@ pub struct Claimed {
     pub event_type: String,
     /// The token of this claim; the outcome must carry it.
     pub lease_token: Uuid,
-    /// The exact bytes to POST.
-    pub payload: String,
+    /// The exact bytes to POST; `None` if the event is no longer stored (nothing keeps a
+    /// delivery's event by a foreign key: the attempt fails for good rather than the claim).
+    pub payload: Option<String>,
     /// Target.
     pub url: String,
     /// Attempts allowed.
@@ -124,8 +125,8 @@ impl Store {
     /// the locked, latest version, and the status test is written `IS NOT DISTINCT FROM`, the
     /// same as `=` on a NOT NULL column, so that the planner cannot prove the pending-deliveries
     /// index usable for it: statistics dominated by finished history make that index look
-    /// tiny, and the plan on it scanned the whole backlog per candidate), the event's bytes by a
-    /// correlated primary-key subquery. The statement is planned for each execution rather
+    /// tiny, and the plan on it scanned the whole backlog per candidate), the event (bytes and
+    /// traceparent) by one primary-key lookup. The statement is planned for each execution rather
     /// than prepared once: the plan cached by the first executions, on near-empty tables, was
     /// kept as they grew and scanned every pending delivery per claim, O(backlog)
     /// (`docs/benchmarks.md`).
@@ -171,12 +172,12 @@ impl Store {
                WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
                RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token) \
              SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
-                    (SELECT e.payload FROM webhook_events e WHERE e.id = c.event_id) AS payload, s.url, \
-                    s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
+                    e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
                     ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
                           AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) AS secrets, \
-                    (SELECT e.traceparent FROM webhook_events e WHERE e.id = c.event_id) AS traceparent \
-             FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id",
+                    e.traceparent \
+             FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id \
+             LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e WHERE e.id = c.event_id) e ON TRUE",
         )
         // Planned for each execution (an unnamed statement): a plan cached while the tables
         // were small (or before their first ANALYZE) would be kept as they grow.
@@ -309,7 +310,9 @@ impl Store {
         }
 
         // Failure counts per subscription, in attempt order within this batch. Sorted by id,
-        // so concurrent recorders lock subscriptions in the same order.
+        // so concurrent recorders lock subscriptions in the same order. A count that would not
+        // change (a healthy endpoint: reset to 0 while 0) is not written, so recorders of a busy
+        // subscription neither write its row per batch nor queue behind each other for it.
         let mut counts: HashMap<Uuid, (bool, i32)> = HashMap::new();
         for o in &kept {
             let entry = counts.entry(o.subscription_id).or_insert((false, 0));
@@ -325,7 +328,8 @@ impl Store {
         sqlx::query(
             "UPDATE webhook_subscriptions s SET consecutive_failures = \
                CASE WHEN u.reset THEN u.failures ELSE s.consecutive_failures + u.failures END \
-             FROM UNNEST($1::uuid[], $2::bool[], $3::int[]) AS u(id, reset, failures) WHERE s.id = u.id",
+             FROM UNNEST($1::uuid[], $2::bool[], $3::int[]) AS u(id, reset, failures) \
+             WHERE s.id = u.id AND NOT (u.reset AND s.consecutive_failures = u.failures)",
         )
         .bind(&subs)
         .bind(counts.iter().map(|(_, (r, _))| *r).collect::<Vec<_>>())

@@ -200,26 +200,47 @@ impl Store {
 
     /// Deletes finished deliveries (and their attempts) older than `days`, and events no
     /// delivery refers to any more. Returns deliveries deleted.
+    ///
+    /// The attempts go in the same statement as their deliveries: a finished delivery gets no
+    /// new attempt (only a claim's outcome adds one, and only to a pending delivery under that
+    /// claim), and a delivery made pending again meanwhile fails the status test on its new
+    /// version and stays. An event received again by intake has a fresh `received_at` (see
+    /// `insert_outbox`), so one that a new delivery is about to refer to is never pruned.
     pub async fn prune(&self, days: u32) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < now() - make_interval(days => $1)",
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS ( \
+               DELETE FROM webhook_deliveries WHERE status <> 'pending' \
+                 AND created_at < now() - make_interval(days => $1) RETURNING id), \
+             attempts AS ( \
+               DELETE FROM webhook_attempts a USING gone WHERE a.delivery_id = gone.id) \
+             SELECT count(*) FROM gone",
         )
         .bind(days as i32)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
         sqlx::query(
-            "DELETE FROM webhook_events e WHERE received_at < now() - make_interval(days => $1)              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
+            "DELETE FROM webhook_events e WHERE received_at < now() - make_interval(days => $1) \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
         )
         .bind(days as i32)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
     /// Pending deliveries, the age in seconds of the oldest due one, and disabled subscriptions.
+    /// The oldest due delivery is the first of some subscription's pending ones: one probe of
+    /// `webhook_deliveries_due_by_subscription` per subscription finds it.
     pub async fn stats(&self) -> Result<(i64, f64, i64), sqlx::Error> {
         sqlx::query_as(
-            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),                     COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(next_attempt_at))::float8 FROM webhook_deliveries                               WHERE status = 'pending' AND next_attempt_at <= now()), 0),                     (SELECT count(*) FROM webhook_subscriptions WHERE NOT enabled)",
+            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'), \
+               COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(f.next_attempt_at))::float8 \
+                 FROM webhook_subscriptions s CROSS JOIN LATERAL ( \
+                   SELECT d.next_attempt_at FROM webhook_deliveries d \
+                   WHERE d.subscription_id = s.id AND d.status = 'pending' \
+                   ORDER BY d.next_attempt_at LIMIT 1) f \
+                 WHERE f.next_attempt_at <= now()), 0), \
+               (SELECT count(*) FROM webhook_subscriptions WHERE NOT enabled)",
         )
         .fetch_one(&self.pool)
         .await

@@ -271,6 +271,15 @@ impl Admission {
         }
     }
 
+    /// Whether some subscription holds (running and queued) all it may here: then a claim
+    /// may have left due deliveries of it behind for want of room, not for want of work.
+    pub fn any_full(&self) -> bool {
+        self.lock().values().any(|l| {
+            l.in_flight + l.queue.len() as i32
+                >= l.max_concurrency * self.policy.rounds(l.max_concurrency, l.mean_attempt)
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Limits>> {
         self.subscriptions
             .lock()
@@ -300,7 +309,7 @@ mod tests {
             attempts: 1,
             event_type: "deal.created".to_owned(),
             lease_token: Uuid::now_v7(),
-            payload: "{}".to_owned(),
+            payload: Some("{}".to_owned()),
             url: "https://example.com/".to_owned(),
             max_attempts: 3,
             rate_limit_per_sec: rate,

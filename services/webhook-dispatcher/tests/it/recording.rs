@@ -9,7 +9,7 @@ use test_support::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webhook_dispatcher::store::{
-    Claimed, DeliveryStatus, LocalLoad, NewSubscription, OutboxEvent, Outcome, Store,
+    ClaimOnInsert, Claimed, DeliveryStatus, LocalLoad, NewSubscription, OutboxEvent, Outcome, Store,
 };
 use webhook_dispatcher::worker::recorder::{RecordReport, Recorder};
 
@@ -263,4 +263,175 @@ async fn a_claimed_delivery_is_due_again_when_its_lease_ends_and_a_released_one_
     // The first claim's token no longer records anything.
     let done = store.record(&[success(&claimed[0])], 0).await.unwrap();
     assert_eq!(done.lease_lost, vec![claimed[0].id]);
+}
+
+/// Events of `per_sub[i].1` deliveries for each subscription `per_sub[i].0`, one event per
+/// delivery, in that order.
+fn batch(per_sub: &[(Uuid, usize)]) -> (Vec<OutboxEvent>, Vec<(Uuid, Uuid, String)>) {
+    let mut events = Vec::new();
+    let mut deliveries = Vec::new();
+    for (sub, n) in per_sub {
+        for _ in 0..*n {
+            let id = Uuid::now_v7();
+            events.push(OutboxEvent {
+                id,
+                event_type: "deal.created".to_owned(),
+                payload: format!("{{\"id\":\"{id}\"}}"),
+                traceparent: None,
+            });
+            deliveries.push((id, *sub, "deal.created".to_owned()));
+        }
+    }
+    (events, deliveries)
+}
+
+#[tokio::test]
+async fn intake_claims_what_fits_as_it_stores_and_leaves_the_rest_to_the_claim() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let narrow = subscription(&store, 2, None).await;
+    let limited = subscription(&store, 16, Some(5)).await;
+    let busy = subscription(&store, 4, None).await;
+    let deleted = Uuid::now_v7();
+    let (events, deliveries) = batch(&[(narrow, 5), (limited, 3), (busy, 3), (deleted, 1)]);
+    let token = Uuid::now_v7();
+    // busy already has 3 of its 4 (one round here) under way.
+    let local = [LocalLoad {
+        subscription_id: busy,
+        in_flight: 3,
+        rate_tokens: None,
+        rounds: 1,
+    }];
+    let claim_on_insert = ClaimOnInsert {
+        limit: 10,
+        lease_secs: 60,
+        token,
+        local: &local,
+        rounds: 2,
+    };
+    let (stored, claimed) = store
+        .insert_outbox_claiming(&events, &deliveries, &claim_on_insert)
+        .await
+        .unwrap();
+    assert_eq!(stored, 11, "none for a subscription that does not exist");
+    let count = |c: &[Claimed], sub: Uuid| c.iter().filter(|d| d.subscription_id == sub).count();
+    assert_eq!(
+        count(&claimed, narrow),
+        4,
+        "two rounds of max_concurrency 2"
+    );
+    assert_eq!(
+        count(&claimed, limited),
+        0,
+        "rate budgets are the claim loop's"
+    );
+    assert_eq!(count(&claimed, busy), 1, "the room left here");
+    for c in &claimed {
+        assert_eq!((c.attempts, c.lease_token), (1, token));
+        assert_eq!(
+            c.payload.as_deref(),
+            Some(format!("{{\"id\":\"{}\"}}", c.event_id).as_str())
+        );
+        assert_eq!(c.secrets.len(), 1);
+    }
+    // The first ones in the batch's order are the ones claimed.
+    let narrow_events: Vec<Uuid> = deliveries
+        .iter()
+        .filter(|d| d.1 == narrow)
+        .map(|d| d.0)
+        .take(4)
+        .collect();
+    let mut claimed_narrow: Vec<Uuid> = claimed
+        .iter()
+        .filter(|c| c.subscription_id == narrow)
+        .map(|c| c.event_id)
+        .collect();
+    claimed_narrow.sort();
+    assert_eq!(claimed_narrow, narrow_events);
+
+    // Leased as a claim leaves them: the claim loop finds only the rest.
+    let rest = claim(&store, 100, &[]).await;
+    assert_eq!(rest.len(), 6);
+    assert!(rest.iter().all(|r| claimed.iter().all(|c| c.id != r.id)));
+    // Their outcomes are recorded under the intake's token.
+    let done = store
+        .record(&claimed.iter().map(success).collect::<Vec<_>>(), 0)
+        .await
+        .unwrap();
+    assert_eq!(done.recorded, 5);
+
+    // No more than `limit` in all, and nothing claimed without `insert_outbox_claiming`.
+    let (events, deliveries) = batch(&[(narrow, 3)]);
+    let one = ClaimOnInsert {
+        limit: 1,
+        ..claim_on_insert
+    };
+    let (stored, claimed) = store
+        .insert_outbox_claiming(&events, &deliveries, &one)
+        .await
+        .unwrap();
+    assert_eq!((stored, claimed.len()), (3, 1));
+    let (events, deliveries) = batch(&[(narrow, 2)]);
+    assert_eq!(store.insert_outbox(&events, &deliveries).await.unwrap(), 2);
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE lease_token IS NOT NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        leased,
+        6 + 1,
+        "the claim loop's six and the one claimed at intake"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_or_pruning_takes_the_deliveries_attempts_with_them() {
+    let db = TestDatabase::create().await;
+    let store = store(&db).await;
+    let gone = subscription(&store, 16, None).await;
+    let kept = subscription(&store, 16, None).await;
+    due(&store, gone, 2).await;
+    due(&store, kept, 3).await;
+    let claimed = claim(&store, 10, &[]).await;
+    let done = store
+        .record(&claimed.iter().map(success).collect::<Vec<_>>(), 0)
+        .await
+        .unwrap();
+    assert_eq!(done.recorded, 5);
+    let rows = |table: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert!(store.delete_subscription(gone).await.unwrap());
+    assert_eq!(rows("webhook_deliveries").await, 3);
+    assert_eq!(rows("webhook_attempts").await, 3);
+    assert!(!store.delete_subscription(gone).await.unwrap());
+
+    // Two of kept's three finished deliveries are older than the retention.
+    sqlx::query(
+        "UPDATE webhook_deliveries SET created_at = now() - interval '40 days' \
+         WHERE id IN (SELECT id FROM webhook_deliveries ORDER BY id LIMIT 2)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE webhook_events SET received_at = now() - interval '40 days'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.prune(30).await.unwrap(), 2);
+    assert_eq!(rows("webhook_deliveries").await, 1);
+    assert_eq!(rows("webhook_attempts").await, 1);
+    assert_eq!(
+        rows("webhook_events").await,
+        1,
+        "only the event a delivery still refers to"
+    );
 }

@@ -152,9 +152,14 @@ pub async fn sample_activity(
 fn label(query: &str) -> String {
     let q = query.trim();
     let known = [
+        ("WITH local AS", "claim"),
         (
-            "WITH claimed AS",
-            "claim (UPDATE .. SKIP LOCKED .. RETURNING + joins)",
+            "WITH u AS ( SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[]",
+            "intake: INSERT webhook_deliveries (claiming)",
+        ),
+        (
+            "WITH u AS ( SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]",
+            "record: UPDATE deliveries + INSERT attempts",
         ),
         (
             "INSERT INTO webhook_attempts",
