@@ -79,7 +79,7 @@ pub async fn latency(
     ));
     out.line(config_line(options));
     let calibration = calibrate();
-    let stack = Stack::start(options).await;
+    let mut stack = Stack::start(options).await;
     let window = Window::open(&stack, options, calibration).await;
     let url = stack.nats.url();
     let (start, sent) = on_own_thread("publisher", move || publish_steady(url, rate, total)).await;
@@ -95,6 +95,7 @@ pub async fn latency(
     while stack.attempt_count().await < expected as i64 && Instant::now() < record_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let observed = ended.counters(&mut stack).await;
     let stages: Vec<(Uuid, f64, f64)> = sqlx::query_as(
         "SELECT d.event_id, min(EXTRACT(EPOCH FROM d.created_at))::float8, min(EXTRACT(EPOCH FROM a.started_at))::float8 \
          FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id AND a.attempt = 1 \
@@ -105,7 +106,7 @@ pub async fn latency(
     .unwrap_or_default();
     let attempts = stack.attempt_count().await;
     let statuses = stack.status_counts().await;
-    let observed = ended.close(stack).await;
+    stack.close().await;
 
     // First request per webhook-id.
     let mut first: HashMap<Uuid, Hit> = HashMap::with_capacity(total);

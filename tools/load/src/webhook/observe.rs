@@ -73,12 +73,12 @@ impl Window {
 }
 
 impl Ended {
-    /// Stops the dispatcher (its connections flush their statistics), reads the database
-    /// counters, and closes the stack.
-    pub async fn close(self, mut stack: Stack) -> Observed {
+    /// Stops the dispatcher (its connections flush their statistics) and reads the database
+    /// counters: before the tool's own verification queries, which scan this run's rows
+    /// (history included) and are not the dispatcher's work.
+    pub async fn counters(self, stack: &mut Stack) -> Observed {
         stack.stop_dispatcher().await;
         let pg_after = pgstats::snapshot(&stack.observer).await;
-        stack.close().await;
         Observed {
             calibration: self.calibration,
             cpu: self.cpu,

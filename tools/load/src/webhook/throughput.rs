@@ -124,7 +124,7 @@ async fn throughput_run(
 ) -> Value {
     let expected = events * options.subscriptions;
     let calibration = calibrate();
-    let stack = Stack::start(options).await;
+    let mut stack = Stack::start(options).await;
     let payloads: Vec<(HeaderMap, Vec<u8>)> = (0..events)
         .map(|i| {
             let e = envelope(i);
@@ -162,12 +162,13 @@ async fn throughput_run(
     let ended = window.end(&stack, options, out).await;
     let burst = publisher.await.unwrap();
     let hits = stack.receiver.hits();
+    let observed = ended.counters(&mut stack).await;
     let attempts = stack.attempt_count().await;
     let (succeeded, all) = stack.delivery_counts().await;
     let last_insert = stack.last_insert_unix().await;
     let db_span = stack.attempt_span_secs().await;
     let statuses = stack.status_counts().await;
-    let observed = ended.close(stack).await;
+    stack.close().await;
 
     let first = hits.iter().map(|h| h.at).min();
     let last_hit = hits.iter().map(|h| h.at).max();
