@@ -1,6 +1,15 @@
 //! Every SQL statement the dispatcher runs: subscriptions, secrets and the outbox here;
 //! claiming and recording attempts in [`claims`]; the deliveries log in [`deliveries`].
 
+/// A claimed delivery's active signing secrets, newest first, for the subscription `s` of the
+/// statement it is part of (the claim, and intake's claiming insert).
+macro_rules! active_secrets {
+    () => {
+        "ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
+         AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC)"
+    };
+}
+
 mod claims;
 mod deliveries;
 mod status;
@@ -395,7 +404,7 @@ async fn insert_outbox_tx(
     // counts them), the claimed ones with what their attempt needs. Planned per execution, as
     // the claim is, since it looks up events and subscriptions by key and a plan cached on
     // near-empty tables would not.
-    let rows: Vec<InsertedRow> = sqlx::query_as(
+    let rows: Vec<InsertedRow> = sqlx::query_as(concat!(
         "WITH u AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) WITH ORDINALITY \
              AS u(id, event_id, subscription_id, event_type, n)), \
@@ -425,13 +434,12 @@ async fn insert_outbox_tx(
            RETURNING id, event_id, subscription_id, attempts, event_type, lease_token) \
          SELECT i.id, i.event_id, i.subscription_id, i.attempts, i.event_type, i.lease_token, \
                 e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
-                CASE WHEN i.lease_token IS NULL THEN '{}'::text[] ELSE \
-                  ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
-                        AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) END AS secrets, \
-                e.traceparent \
+                CASE WHEN i.lease_token IS NULL THEN '{}'::text[] ELSE ",
+        active_secrets!(),
+        " END AS secrets, e.traceparent \
          FROM ins i JOIN webhook_subscriptions s ON s.id = i.subscription_id \
          LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e \
-                            WHERE e.id = i.event_id AND i.lease_token IS NOT NULL) e ON TRUE",
+                            WHERE e.id = i.event_id AND i.lease_token IS NOT NULL) e ON TRUE"),
     )
     .persistent(false)
     .bind(&delivery_ids)

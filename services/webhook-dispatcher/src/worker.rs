@@ -69,25 +69,18 @@ impl Dispatcher {
         policy: Arc<AddressPolicy>,
     ) -> Self {
         let lease = Duration::from_secs(config.lease_secs);
-        let queues = admission::QueuePolicy::new(
+        let admission = Arc::new(admission::Admission::new(admission::QueuePolicy::new(
             lease,
             Duration::from_secs(config.timeout_secs),
             config.concurrency,
-        );
-        let admission = Arc::new(admission::Admission::new(queues));
+        )));
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let (tx, rx) = mpsc::channel(64);
         Self {
             retry: retry_backoff(&config),
             store,
             http,
-            handoff: Handoff::new(
-                Arc::clone(&permits),
-                Arc::clone(&admission),
-                queues.default_rounds,
-                lease,
-                tx,
-            ),
+            handoff: Handoff::new(Arc::clone(&permits), Arc::clone(&admission), lease, tx),
             handed: Mutex::new(Some(rx)),
             admission,
             permits,
@@ -149,12 +142,7 @@ impl Dispatcher {
         let lease = Duration::from_secs(self.config.lease_secs);
         // What a claim may take for a subscription this replica has not timed yet (see
         // `admission::QueuePolicy`); timed ones get rounds by their attempts' duration.
-        let rounds = admission::QueuePolicy::new(
-            lease,
-            Duration::from_secs(self.config.timeout_secs),
-            self.config.concurrency,
-        )
-        .default_rounds;
+        let rounds = self.admission.default_rounds();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // The last claim took everything it could: claiming again at once would come back
         // empty (or nearly), so the loop waits for something to change first.

@@ -142,7 +142,7 @@ impl Store {
         local: &[LocalLoad],
         rounds: i32,
     ) -> Result<Vec<Claimed>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as(concat!(
             "WITH local AS ( \
                SELECT * FROM UNNEST($4::uuid[], $5::int[], $6::int[], $8::int[]) AS l(id, in_flight, rate_tokens, rounds)), \
              open AS ( \
@@ -173,11 +173,11 @@ impl Store {
                RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token) \
              SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
                     e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
-                    ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
-                          AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) AS secrets, \
-                    e.traceparent \
+                    ",
+            active_secrets!(),
+            " AS secrets, e.traceparent \
              FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id \
-             LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e WHERE e.id = c.event_id) e ON TRUE",
+             LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e WHERE e.id = c.event_id) e ON TRUE"),
         )
         // Planned for each execution (an unnamed statement): a plan cached while the tables
         // were small (or before their first ANALYZE) would be kept as they grow.

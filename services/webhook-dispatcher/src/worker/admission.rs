@@ -271,6 +271,11 @@ impl Admission {
         }
     }
 
+    /// Rounds for a subscription not timed here yet ([`QueuePolicy::default_rounds`]).
+    pub fn default_rounds(&self) -> i32 {
+        self.policy.default_rounds
+    }
+
     /// Whether some subscription holds (running and queued) all it may here: then a claim
     /// may have left due deliveries of it behind for want of room, not for want of work.
     pub fn any_full(&self) -> bool {

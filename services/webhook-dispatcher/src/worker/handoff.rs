@@ -30,7 +30,6 @@ pub(super) struct Handed {
 pub struct Handoff {
     permits: Arc<Semaphore>,
     admission: Arc<Admission>,
-    rounds: i32,
     lease: Duration,
     tx: mpsc::Sender<Handed>,
 }
@@ -64,14 +63,12 @@ impl Handoff {
     pub(super) fn new(
         permits: Arc<Semaphore>,
         admission: Arc<Admission>,
-        rounds: i32,
         lease: Duration,
         tx: mpsc::Sender<Handed>,
     ) -> Self {
         Self {
             permits,
             admission,
-            rounds,
             lease,
             tx,
         }
@@ -92,7 +89,7 @@ impl Handoff {
         Some(Reservation {
             permits,
             local: self.admission.loads(),
-            rounds: self.rounds,
+            rounds: self.admission.default_rounds(),
             lease: self.lease,
             token: Uuid::now_v7(),
             lease_deadline: Instant::now() + self.lease,
