@@ -368,6 +368,10 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Seconds to wait for a pooled connection.
     pub acquire_timeout_secs: u64,
+    /// Settings every connection of the pool starts with (`SET name = value` in the startup
+    /// packet), chosen by the service for its own statements, not by configuration.
+    #[serde(skip)]
+    pub session: &'static [(&'static str, &'static str)],
 }
 
 impl Default for DatabaseConfig {
@@ -376,6 +380,7 @@ impl Default for DatabaseConfig {
             url: String::new(),
             max_connections: 10,
             acquire_timeout_secs: 5,
+            session: &[],
         }
     }
 }
@@ -413,11 +418,16 @@ impl DatabaseConfig {
     /// `url` parsed. An unparsable URL is an error naming `database.url` (never echoing it: it
     /// may carry a password).
     pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
-        self.url.parse().map_err(|_| {
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse().map_err(|_| {
             ConfigError::new(
                 "database.url",
                 "does not parse as postgres://user[:password]@host[:port]/database[?options]",
             )
+        })?;
+        Ok(if self.session.is_empty() {
+            options
+        } else {
+            options.options(self.session.iter().copied())
         })
     }
 }

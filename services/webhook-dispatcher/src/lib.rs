@@ -75,8 +75,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let Settings { common, service } = settings;
+    let Settings {
+        mut common,
+        service,
+    } = settings;
     let Prepared { policy, http, auth } = prepared;
+    common.database.session = store::Store::SESSION;
     let mut ctx =
         ServiceContext::start(SPEC.name, &common, Some(&MIGRATOR), shutdown.clone()).await?;
     let pool = ctx

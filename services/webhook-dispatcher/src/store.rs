@@ -120,6 +120,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// Settings for the connections of the store's pool (`database.session`).
+    ///
+    /// The delivery path's statements (intake, claim, outcome) are prepared once per
+    /// connection and planned for every execution: PostgreSQL's default would switch a
+    /// prepared statement to a generic plan after five executions, and one chosen while the
+    /// tables were near-empty or not analyzed yet was kept as they grew (a claim that scanned
+    /// every pending delivery, `docs/benchmarks.md`). Unnamed statements, planned each time
+    /// too, were parsed and described again on every execution as well: about a fifth of
+    /// the database's time per delivery.
+    pub const SESSION: &'static [(&'static str, &'static str)] =
+        &[("plan_cache_mode", "force_custom_plan")];
+
     /// Over a migrated pool.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
@@ -441,7 +453,6 @@ async fn insert_outbox_tx(
          LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e \
                             WHERE e.id = i.event_id AND i.lease_token IS NOT NULL) e ON TRUE"),
     )
-    .persistent(false)
     .bind(&delivery_ids)
     .bind(&event_ids)
     .bind(&sub_ids)

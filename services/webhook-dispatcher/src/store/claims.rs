@@ -126,10 +126,10 @@ impl Store {
     /// same as `=` on a NOT NULL column, so that the planner cannot prove the pending-deliveries
     /// index usable for it: statistics dominated by finished history make that index look
     /// tiny, and the plan on it scanned the whole backlog per candidate), the event (bytes and
-    /// traceparent) by one primary-key lookup. The statement is planned for each execution rather
-    /// than prepared once: the plan cached by the first executions, on near-empty tables, was
-    /// kept as they grew and scanned every pending delivery per claim, O(backlog)
-    /// (`docs/benchmarks.md`).
+    /// traceparent) by one primary-key lookup. The statement is prepared once per connection
+    /// but planned for each execution ([`Store::SESSION`]): a generic plan cached by the first
+    /// executions, on near-empty tables, was kept as they grew and scanned every pending
+    /// delivery per claim, O(backlog) (`docs/benchmarks.md`).
     ///
     /// A claimed delivery's `next_attempt_at` moves to its lease's end (when it is due again
     /// should this attempt be lost), so the deliveries in flight drop out of the due range the
@@ -179,9 +179,7 @@ impl Store {
              FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id \
              LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e WHERE e.id = c.event_id) e ON TRUE"),
         )
-        // Planned for each execution (an unnamed statement): a plan cached while the tables
-        // were small (or before their first ANALYZE) would be kept as they grow.
-        .persistent(false)
+        // Prepared once per connection, planned for each execution (see `Store::SESSION`).
         .bind(limit)
         .bind(lease_secs as f64)
         .bind(token)
@@ -206,7 +204,6 @@ impl Store {
              FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, token) \
              WHERE d.id = ANY($1) AND d.id = u.id AND d.lease_token = u.token",
         )
-        .persistent(false)
         .bind(&ids)
         .bind(claims.iter().map(|(_, token)| *token).collect::<Vec<_>>())
         .execute(&self.pool)
@@ -252,7 +249,7 @@ impl Store {
                JOIN done ON done.id = a.id AND done.token = a.token) \
              SELECT id FROM done",
         )
-        // As the claim: planned per execution, and every delivery reached by its primary key
+        // As the claim: planned per execution (`Store::SESSION`), and every delivery reached by its primary key
         // (`id = ANY($1)`, which also gives the planner the batch's true size, so the join
         // with `u` is hashed, not a loop over `u` per row). No status test: only a claim sets
         // `lease_token` (on a pending delivery) and every change of status clears it, so a
@@ -260,7 +257,6 @@ impl Store {
         // here was estimated to keep almost no row (a nested loop over the batch per row) or,
         // written as `=`, drew the planner to the pending-deliveries index, which statistics
         // dominated by finished history make look tiny (a scan of the whole backlog).
-        .persistent(false)
         .bind(&ids)
         .bind(outcomes.iter().map(|o| o.lease_token).collect::<Vec<_>>())
         .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
