@@ -90,6 +90,7 @@ pub async fn latency(
     }
     let ended = window.end(&stack, options, out).await;
     let hits = stack.receiver.hits();
+    let signatures = stack.receiver.signatures(&stack.secret);
     // Let the recorder finish, then read each delivery's stages.
     let record_deadline = Instant::now() + Duration::from_secs(5);
     while stack.attempt_count().await < expected as i64 && Instant::now() < record_deadline {
@@ -152,7 +153,7 @@ pub async fn latency(
     let overall = summary(&mut all);
     let lag = summary(&mut lags);
     let p99 = overall["p99"].as_f64().unwrap_or(f64::NAN);
-    let met = missing.is_empty() && p99 <= P99_TARGET_MS;
+    let met = missing.is_empty() && signatures.invalid == 0 && p99 <= P99_TARGET_MS;
     let publish_secs = secs_since(published, start);
     let windows: Vec<Value> = per_second
         .into_iter()
@@ -208,10 +209,11 @@ pub async fn latency(
         hits.len()
     ));
     out.line(format!(
-        "webhook_attempts rows: {attempts}; deliveries by status: {statuses}"
+        "webhook_attempts rows: {attempts}; deliveries by status: {statuses}; signatures: {} valid, {} not",
+        signatures.valid, signatures.invalid
     ));
     out.line(format!(
-        "=> p99 {p99:.1} ms (target <= {P99_TARGET_MS:.0} ms, no missing events: {})",
+        "=> p99 {p99:.1} ms (target <= {P99_TARGET_MS:.0} ms, no missing events, every signature valid: {})",
         if met { "met" } else { "MISSED" }
     ));
     observed.lines(expected, out);
@@ -231,6 +233,8 @@ pub async fn latency(
         "missing": missing.len(),
         "missing_ids": missing.iter().take(20).map(|id| id.to_string()).collect::<Vec<_>>(),
         "receiver_requests": hits.len(),
+        "signatures_valid": signatures.valid,
+        "signatures_invalid": signatures.invalid,
         "attempt_rows": attempts,
         "statuses": statuses,
         "target_p99_ms": P99_TARGET_MS,

@@ -1,5 +1,6 @@
 //! The webhook endpoint under load: answers 200 with an empty body at once, counts requests and
-//! records, per request, when it arrived and its `webhook-id`.
+//! records, per request, when it arrived and its `webhook-id`, and keeps what its signature
+//! covers so that every signature is checked after the measurement, outside the timed window.
 //!
 //! It runs on its own thread with a single-threaded runtime, as a separate receiver process
 //! would: its timestamps are not delayed by the dispatcher's tasks queueing on the same
@@ -11,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use webhook_signatures::Tolerance;
+use webhook_signatures::standard::{self, SigningKey};
 
 /// One request: the `webhook-id` (nil if absent), when it arrived (monotonic and wall clock).
 #[derive(Debug, Clone, Copy)]
@@ -24,10 +28,27 @@ pub struct Hit {
     pub wall: SystemTime,
 }
 
+/// What one request's Standard Webhooks signature covers, as received.
+#[derive(Debug, Clone)]
+struct Signed {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Bytes,
+}
+
+/// How many requests carried a valid signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signatures {
+    pub valid: usize,
+    pub invalid: usize,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     count: AtomicU64,
     hits: Mutex<Vec<Hit>>,
+    signed: Mutex<Vec<Signed>>,
 }
 
 /// A running receiver.
@@ -92,6 +113,14 @@ impl Receiver {
             .clone()
     }
 
+    /// Checks every request's `webhook-signature` against `secret`, with its `webhook-id` and
+    /// `webhook-timestamp` as sent (the time is not judged: this runs after the window).
+    pub fn signatures(&self, secret: &str) -> Signatures {
+        let key = SigningKey::parse(secret).expect("the tool's own secret parses");
+        let signed = self.shared.signed.lock().unwrap_or_else(|p| p.into_inner());
+        check(&key, &signed)
+    }
+
     /// Stops serving (open connections are dropped with the runtime).
     pub fn stop(&self) {
         self.stop.cancel();
@@ -102,19 +131,96 @@ async fn hook(State(shared): State<Arc<Shared>>, request: Request) -> StatusCode
     // Taken before the body is read: the request line and headers have arrived.
     let at = Instant::now();
     let wall = SystemTime::now();
-    let id = request
-        .headers()
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Uuid::nil());
-    // Read the (small) body so the connection stays reusable.
-    let _ = axum::body::to_bytes(request.into_body(), 1 << 20).await;
+    let (raw_id, timestamp, signature) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+        )
+    };
+    let id = raw_id.parse().unwrap_or(Uuid::nil());
+    // Read the (small) body so the connection stays reusable, and keep it for the check.
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
     shared
         .hits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(Hit { id, at, wall });
+    shared
+        .signed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Signed {
+            id: raw_id,
+            timestamp,
+            signature,
+            body,
+        });
     shared.count.fetch_add(1, Ordering::AcqRel);
     StatusCode::OK
+}
+
+fn check(key: &SigningKey, signed: &[Signed]) -> Signatures {
+    let valid = signed
+        .iter()
+        .filter(|s| {
+            let now = s.timestamp.parse().unwrap_or(0);
+            standard::verify_parts(
+                key,
+                &s.id,
+                &s.timestamp,
+                &s.signature,
+                &s.body,
+                now,
+                Tolerance::from_secs(0),
+            )
+            .is_ok()
+        })
+        .count();
+    Signatures {
+        valid,
+        invalid: signed.len() - valid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_signatures_of_the_exact_bytes_with_the_secret_count() {
+        let secret = webhook_dispatcher::signing::generate_secret();
+        let key = SigningKey::parse(&secret).unwrap();
+        let signed = |body: &'static [u8], signature: String| Signed {
+            id: "msg_1".to_owned(),
+            timestamp: "1700000000".to_owned(),
+            signature,
+            body: Bytes::from_static(body),
+        };
+        let good = standard::sign(&key, "msg_1", 1_700_000_000, b"{}");
+        let other = SigningKey::parse(&webhook_dispatcher::signing::generate_secret()).unwrap();
+        let requests = [
+            signed(b"{}", good.clone()),
+            signed(b"{ }", good),
+            signed(b"{}", standard::sign(&other, "msg_1", 1_700_000_000, b"{}")),
+            signed(b"{}", String::new()),
+        ];
+        assert_eq!(
+            check(&key, &requests),
+            Signatures {
+                valid: 1,
+                invalid: 3
+            }
+        );
+    }
 }

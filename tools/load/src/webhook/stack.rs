@@ -72,6 +72,8 @@ pub struct Stack {
     /// The tool's own connections (application_name `load-webhook`).
     pub observer: PgPool,
     pub receiver: Receiver,
+    /// The signing secret of every subscription, to check the receiver's signatures with.
+    pub secret: String,
     /// When the measured part began (unix seconds): rows from before it are history.
     pub since: f64,
     dispatcher: Dispatcher,
@@ -137,9 +139,11 @@ impl Stack {
         })
         .await;
 
+        let secret = webhook_dispatcher::signing::generate_secret();
         for i in 0..options.subscriptions {
             let mut body = json!({
                 "url": receiver.url(),
+                "secret": secret,
                 "event_types": ["order.updated"],
                 "description": format!("load-webhook {i}"),
             });
@@ -178,6 +182,7 @@ impl Stack {
             db,
             observer,
             receiver,
+            secret,
             since: super::unix_secs(std::time::SystemTime::now()),
             dispatcher,
         }

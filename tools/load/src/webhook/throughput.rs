@@ -162,6 +162,7 @@ async fn throughput_run(
     let ended = window.end(&stack, options, out).await;
     let burst = publisher.await.unwrap();
     let hits = stack.receiver.hits();
+    let signatures = stack.receiver.signatures(&stack.secret);
     let observed = ended.counters(&mut stack).await;
     let attempts = stack.attempt_count().await;
     let (succeeded, all) = stack.delivery_counts().await;
@@ -196,6 +197,7 @@ async fn throughput_run(
         && attempts == expected as i64
         && hits.len() == expected
         && distinct.len() == events
+        && signatures.valid == hits.len()
         && burst.failed == 0;
 
     out.line(format!(
@@ -225,7 +227,8 @@ async fn throughput_run(
         db_span.unwrap_or(f64::NAN),
     ));
     out.line(format!(
-        "webhook_attempts rows: {attempts} (expected {expected}); deliveries by status: {statuses}; verified: {verified}"
+        "webhook_attempts rows: {attempts} (expected {expected}); deliveries by status: {statuses}; signatures: {} valid, {} not; verified: {verified}",
+        signatures.valid, signatures.invalid
     ));
     observed.lines(expected, out);
 
@@ -245,6 +248,8 @@ async fn throughput_run(
         "receiver_requests": hits.len(),
         "receiver_distinct_ids": distinct.len(),
         "attempt_rows": attempts,
+        "signatures_valid": signatures.valid,
+        "signatures_invalid": signatures.invalid,
         "statuses": statuses,
         "verified": verified,
     });
