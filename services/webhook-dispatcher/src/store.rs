@@ -1,12 +1,21 @@
 //! Every SQL statement the dispatcher runs: subscriptions, secrets and the outbox here;
 //! claiming and recording attempts in [`claims`]; the deliveries log in [`deliveries`].
 
-/// A claimed delivery's active signing secrets, newest first, for the subscription `s` of the
-/// statement it is part of (the claim, and intake's claiming insert).
-macro_rules! active_secrets {
-    () => {
-        "ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
-         AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC)"
+/// The CTE `targets`: the subscriptions whose ids `$ids` (a subquery) returns, once each, with
+/// what an attempt needs: URL, limits and active signing secrets, newest first. Materialized,
+/// so the secrets are read once per subscription of a claim, not once per claimed row (a
+/// subquery in the select list of the final join ran per row).
+macro_rules! targets {
+    ($ids:literal) => {
+        concat!(
+            "targets AS MATERIALIZED ( \
+               SELECT s.id, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
+                 ARRAY(SELECT k.secret FROM webhook_secrets k WHERE k.subscription_id = s.id \
+                   AND (k.expires_at IS NULL OR k.expires_at > now()) ORDER BY k.id DESC) AS secrets \
+               FROM webhook_subscriptions s WHERE s.id IN (",
+            $ids,
+            "))"
+        )
     };
 }
 
@@ -443,13 +452,12 @@ async fn insert_outbox_tx(
                   CASE WHEN t.take THEN $11::uuid END \
            FROM taken t ORDER BY t.n \
            ON CONFLICT (event_id, subscription_id) DO NOTHING \
-           RETURNING id, event_id, subscription_id, attempts, event_type, lease_token) \
-         SELECT i.id, i.event_id, i.subscription_id, i.attempts, i.event_type, i.lease_token, \
+           RETURNING id, event_id, subscription_id, attempts, event_type, lease_token), ",
+        targets!("SELECT subscription_id FROM ins WHERE lease_token IS NOT NULL"),
+        " SELECT i.id, i.event_id, i.subscription_id, i.attempts, i.event_type, i.lease_token, \
                 e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
-                CASE WHEN i.lease_token IS NULL THEN '{}'::text[] ELSE ",
-        active_secrets!(),
-        " END AS secrets, e.traceparent \
-         FROM ins i JOIN webhook_subscriptions s ON s.id = i.subscription_id \
+                s.secrets, e.traceparent \
+         FROM ins i LEFT JOIN targets s ON s.id = i.subscription_id AND i.lease_token IS NOT NULL \
          LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e \
                             WHERE e.id = i.event_id AND i.lease_token IS NOT NULL) e ON TRUE"),
     )
@@ -484,11 +492,12 @@ struct InsertedRow {
     event_type: String,
     lease_token: Option<Uuid>,
     payload: Option<String>,
-    url: String,
-    max_attempts: i32,
+    // The subscription's part: only for claimed rows.
+    url: Option<String>,
+    max_attempts: Option<i32>,
     rate_limit_per_sec: Option<i32>,
-    max_concurrency: i32,
-    secrets: Vec<String>,
+    max_concurrency: Option<i32>,
+    secrets: Option<Vec<String>>,
     traceparent: Option<String>,
 }
 
@@ -502,11 +511,11 @@ impl InsertedRow {
             attempts: self.attempts,
             event_type: self.event_type,
             payload: self.payload,
-            url: self.url,
-            max_attempts: self.max_attempts,
+            url: self.url?,
+            max_attempts: self.max_attempts?,
             rate_limit_per_sec: self.rate_limit_per_sec,
-            max_concurrency: self.max_concurrency,
-            secrets: self.secrets,
+            max_concurrency: self.max_concurrency?,
+            secrets: self.secrets?,
             traceparent: self.traceparent,
         })
     }

@@ -170,13 +170,12 @@ impl Store {
                SET lease_until = now() + make_interval(secs => $2), next_attempt_at = now() + make_interval(secs => $2), \
                    lease_token = $3, attempts = d.attempts + 1 \
                WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
-               RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token) \
-             SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
+               RETURNING d.id, d.event_id, d.subscription_id, d.attempts, d.event_type, d.lease_token), ",
+            targets!("SELECT subscription_id FROM claimed"),
+            " SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.event_type, c.lease_token, \
                     e.payload, s.url, s.max_attempts, s.rate_limit_per_sec, s.max_concurrency, \
-                    ",
-            active_secrets!(),
-            " AS secrets, e.traceparent \
-             FROM claimed c JOIN webhook_subscriptions s ON s.id = c.subscription_id \
+                    s.secrets, e.traceparent \
+             FROM claimed c JOIN targets s ON s.id = c.subscription_id \
              LEFT JOIN LATERAL (SELECT e.payload, e.traceparent FROM webhook_events e WHERE e.id = c.event_id) e ON TRUE"),
         )
         // Prepared once per connection, planned for each execution (see `Store::SESSION`).
