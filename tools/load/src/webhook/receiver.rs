@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use webhook_signatures::Tolerance;
@@ -28,12 +28,13 @@ pub struct Hit {
     pub wall: SystemTime,
 }
 
-/// What one request's Standard Webhooks signature covers, as received.
+/// What one request's Standard Webhooks signature covers, as received: the header values
+/// and body share the request's buffers (no copy inside the window).
 #[derive(Debug, Clone)]
 struct Signed {
-    id: String,
-    timestamp: String,
-    signature: String,
+    id: Option<HeaderValue>,
+    timestamp: Option<HeaderValue>,
+    signature: Option<HeaderValue>,
     body: Bytes,
 }
 
@@ -47,8 +48,13 @@ pub struct Signatures {
 #[derive(Debug, Default)]
 struct Shared {
     count: AtomicU64,
-    hits: Mutex<Vec<Hit>>,
-    signed: Mutex<Vec<Signed>>,
+    requests: Mutex<Requests>,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    hits: Vec<Hit>,
+    signed: Vec<Signed>,
 }
 
 /// A running receiver.
@@ -107,9 +113,10 @@ impl Receiver {
     /// Every request so far, in arrival order.
     pub fn hits(&self) -> Vec<Hit> {
         self.shared
-            .hits
+            .requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .hits
             .clone()
     }
 
@@ -117,8 +124,12 @@ impl Receiver {
     /// `webhook-timestamp` as sent (the time is not judged: this runs after the window).
     pub fn signatures(&self, secret: &str) -> Signatures {
         let key = SigningKey::parse(secret).expect("the tool's own secret parses");
-        let signed = self.shared.signed.lock().unwrap_or_else(|p| p.into_inner());
-        check(&key, &signed)
+        let requests = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        check(&key, &requests.signed)
     }
 
     /// Stops serving (open connections are dropped with the runtime).
@@ -131,41 +142,33 @@ async fn hook(State(shared): State<Arc<Shared>>, request: Request) -> StatusCode
     // Taken before the body is read: the request line and headers have arrived.
     let at = Instant::now();
     let wall = SystemTime::now();
-    let (raw_id, timestamp, signature) = {
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        (
-            header("webhook-id"),
-            header("webhook-timestamp"),
-            header("webhook-signature"),
-        )
-    };
-    let id = raw_id.parse().unwrap_or(Uuid::nil());
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).cloned();
+    let (raw_id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    drop(parts);
+    let id = raw_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(Uuid::nil());
     // Read the (small) body so the connection stays reusable, and keep it for the check.
-    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+    let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    shared
-        .hits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Hit { id, at, wall });
-    shared
-        .signed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Signed {
+    {
+        let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+        requests.hits.push(Hit { id, at, wall });
+        requests.signed.push(Signed {
             id: raw_id,
             timestamp,
             signature,
             body,
         });
+    }
     shared.count.fetch_add(1, Ordering::AcqRel);
     StatusCode::OK
 }
@@ -174,12 +177,19 @@ fn check(key: &SigningKey, signed: &[Signed]) -> Signatures {
     let valid = signed
         .iter()
         .filter(|s| {
-            let now = s.timestamp.parse().unwrap_or(0);
+            let text = |v: &Option<HeaderValue>| {
+                v.as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (id, timestamp) = (text(&s.id), text(&s.timestamp));
+            let now = timestamp.parse().unwrap_or(0);
             standard::verify_parts(
                 key,
-                &s.id,
-                &s.timestamp,
-                &s.signature,
+                &id,
+                &timestamp,
+                &text(&s.signature),
                 &s.body,
                 now,
                 Tolerance::from_secs(0),
@@ -202,9 +212,9 @@ mod tests {
         let secret = webhook_dispatcher::signing::generate_secret();
         let key = SigningKey::parse(&secret).unwrap();
         let signed = |body: &'static [u8], signature: String| Signed {
-            id: "msg_1".to_owned(),
-            timestamp: "1700000000".to_owned(),
-            signature,
+            id: Some(HeaderValue::from_static("msg_1")),
+            timestamp: Some(HeaderValue::from_static("1700000000")),
+            signature: HeaderValue::try_from(signature).ok(),
             body: Bytes::from_static(body),
         };
         let good = standard::sign(&key, "msg_1", 1_700_000_000, b"{}");
