@@ -136,8 +136,8 @@ impl Store {
     /// prepared statement to a generic plan after five executions, and one chosen while the
     /// tables were near-empty or not analyzed yet was kept as they grew (a claim that scanned
     /// every pending delivery, `docs/benchmarks.md`). Unnamed statements, planned each time
-    /// too, were parsed and described again on every execution as well: about a fifth of
-    /// the database's time per delivery.
+    /// too, were parsed and described again on every execution as well: 13–16 % of the
+    /// database's CPU per delivery at `max_concurrency` 16 (`docs/benchmarks.md`).
     pub const SESSION: &'static [(&'static str, &'static str)] =
         &[("plan_cache_mode", "force_custom_plan")];
 
