@@ -248,8 +248,8 @@ impl Store {
                JOIN done ON done.id = a.id AND done.token = a.token) \
              SELECT id FROM done",
         )
-        // As the claim: planned per execution (`Store::SESSION`), and every delivery reached by its primary key
-        // (`id = ANY($1)`, which also gives the planner the batch's true size, so the join
+        // As the claim: planned per execution (`Store::SESSION`), and every delivery reached by
+        // its primary key (`id = ANY($1)`, which also gives the planner the batch's true size, so the join
         // with `u` is hashed, not a loop over `u` per row). No status test: only a claim sets
         // `lease_token` (on a pending delivery) and every change of status clears it, so a
         // matching token means the delivery is still pending under this claim. A status test

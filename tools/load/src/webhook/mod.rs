@@ -56,7 +56,8 @@ pub struct Args {
     #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = setting)]
     settings: Vec<(String, String)>,
     /// Query parameters appended to the dispatcher's database URL, e.g. `sslmode=disable` or
-    /// `options[plan_cache_mode]=force_custom_plan` (sqlx's connect parameters).
+    /// `options[work_mem]=16MB` (sqlx's connect parameters; `plan_cache_mode` is the
+    /// dispatcher's own, `Store::SESSION`, and wins over one given here).
     #[arg(long, global = true, value_name = "PARAMS")]
     db_url_params: Option<String>,
     /// Run `ANALYZE` on the dispatcher's tables every N ms during the measurement, as
